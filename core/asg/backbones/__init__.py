@@ -1,0 +1,1 @@
+"""Backbones that ship with asg-core and helpers shared by backbone implementations."""

@@ -1,0 +1,153 @@
+"""`asg tiny pretrain`: train `tiny` from scratch on a small labeled ShapesWorld set, on CPU.
+
+One step = a batch of understanding examples (teacher-forced cross-entropy on the assistant turn,
+through the same ``score`` primitive the loop uses) + a batch of text-to-image pairs (the same
+``generator_loss`` the loop uses). AdamW, linear warm-up then cosine decay. Deterministic for a
+given seed, code version and thread count.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from asg.backbones.tiny.config import TinyConfig
+from asg.backbones.tiny.model import TinyBackbone
+from asg.backbones.tiny.pretrain_config import PretrainConfig, config_from_args
+from asg.backbones.tiny.pretrain_data import LabeledSet, generation_example, tokenizer_corpus, understanding_example
+from asg.backbones.tiny.tokenizer import train_tokenizer
+from asg.progress import progress_bar
+
+
+def _lr(cfg: PretrainConfig, step: int) -> float:
+    if step <= cfg.warmup:
+        return cfg.lr * step / max(1, cfg.warmup)
+    frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def _quick_eval(backbone: TinyBackbone, cfg: PretrainConfig) -> dict[str, float]:
+    from asg.evaluation import evaluate_geneval, evaluate_vqa
+
+    was_training = backbone.net.training
+    backbone.net.eval()
+    vqa = evaluate_vqa(backbone, split="val", seed=cfg.seed, n=cfg.eval_questions, role=None)
+    gen = evaluate_geneval(backbone, split="val", seed=cfg.seed, per_tag=cfg.eval_per_tag, images_per_prompt=2, role=None)
+    backbone.net.train(was_training)
+    return {"val_vqa_accuracy": vqa["accuracy"], "val_geneval_mini": gen["overall"],
+            **{f"val_vqa_{k}": v for k, v in vqa["per_qtype"].items()},
+            **{f"val_geneval_{k}": v for k, v in gen["per_tag"].items()}}
+
+
+def pretrain(cfg: PretrainConfig, out: Path) -> dict[str, Any]:
+    """Train, then write config.json, tokenizer.json, model.safetensors and pretrain_report.json to ``out``."""
+    out = Path(out)
+    if (out / "model.safetensors").exists() and not (out / "pretrain_report.json").exists():
+        raise FileExistsError(f"{out} holds weights that `asg tiny pretrain` did not write; choose another --out")
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    t_start = time.time()
+    tokenizer = train_tokenizer(tokenizer_corpus(cfg.seed), cfg.vocab_size)
+    model_cfg = TinyConfig(vocab_size=len(tokenizer))
+    backbone = TinyBackbone(model_cfg, tokenizer, adapters=False, seed=cfg.seed)
+    backbone.net.train()
+    data = LabeledSet(cfg.scenes, cfg.seed, model_cfg.image_size)
+    params = [p for p in backbone.net.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=cfg.lr, betas=(0.9, 0.98))
+    rng = np.random.default_rng([cfg.seed, 3])
+    history: list[dict[str, float]] = []
+    evals: list[dict[str, float]] = []
+    ema: dict[str, float] = {}
+    with progress_bar(total=cfg.steps, desc="pretraining tiny") as bar:
+        for step in range(1, cfg.steps + 1):
+            lr = _lr(cfg, step)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            ex = [understanding_example(data, rng) for _ in range(cfg.batch_text)]
+            scored = backbone.score([e[0] for e in ex], [e[1] for e in ex], grad=True)
+            m = scored.mask.float()
+            ce = -(scored.logprobs * m).sum() / m.sum()
+            gen = [generation_example(data, rng) for _ in range(cfg.batch_image)]
+            flow = backbone.generator_loss([g[0] for g in gen], [g[1] for g in gen], seed=cfg.seed * 1_000_003 + step).loss
+            loss = ce + cfg.flow_weight * flow
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
+            opt.step()
+            row = {"step": step, "lr": lr, "ce": ce.item(), "flow": flow.item(), "grad_norm": gnorm}
+            history.append(row)
+            for k in ("ce", "flow"):
+                ema[k] = row[k] if k not in ema else 0.95 * ema[k] + 0.05 * row[k]
+            bar.set(ce=ema["ce"], flow=ema["flow"], lr=lr)
+            bar.update(1)
+            if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
+                ev = {"step": step, **_quick_eval(backbone, cfg)}
+                evals.append(ev)
+                bar.write(f"step {step}: val VQA {ev['val_vqa_accuracy']:.1f}%  val GenEval-mini {ev['val_geneval_mini']:.1f}")
+    backbone.net.eval()
+    seconds = time.time() - t_start
+    backbone.save_pretrained(out)
+    report = {
+        "pretrain_config": cfg.to_dict(),
+        "model_config": model_cfg.to_dict(),
+        "labeled_set": {"split": "pretrain", "scenes": cfg.scenes, "examples_seen": {
+            "understanding": cfg.steps * cfg.batch_text, "text_to_image": cfg.steps * cfg.batch_image}},
+        "parameters": sum(p.numel() for p in backbone.net.parameters()),
+        "seconds": seconds,
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": cfg.threads,
+                    "torch": torch.__version__},
+        "evals": evals,
+        "history": history,
+    }
+    tmp = out / "pretrain_report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    tmp.replace(out / "pretrain_report.json")
+    _plot(history, evals, out / "pretrain_curves.png")
+    return report
+
+
+def _plot(history: list[dict[str, float]], evals: list[dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    for ax, key in zip(axes[:2], ("ce", "flow")):
+        vals = np.array([h[key] for h in history])
+        k = max(1, len(vals) // 50)
+        smooth = np.convolve(vals, np.ones(k) / k, mode="valid")
+        ax.plot(steps, vals, alpha=0.25)
+        ax.plot(steps[k - 1:], smooth)
+        ax.set_title({"ce": "text cross-entropy (nats/token)", "flow": "flow-matching loss (velocity MSE)"}[key])
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+    if evals:
+        e_steps = [e["step"] for e in evals]
+        axes[2].plot(e_steps, [e["val_vqa_accuracy"] for e in evals], "o-", label="val VQA accuracy %")
+        axes[2].plot(e_steps, [e["val_geneval_mini"] for e in evals], "s-", label="val GenEval-mini")
+        axes[2].set_ylim(0, 100)
+        axes[2].legend()
+        axes[2].set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def pretrain_from_args(args: Any) -> dict[str, Any]:
+    report = pretrain(config_from_args(args), args.out)
+    last = report["evals"][-1]
+    print(f"wrote {args.out} in {report['seconds'] / 60:.1f} min: val VQA {last['val_vqa_accuracy']:.1f}%, "
+          f"val GenEval-mini {last['val_geneval_mini']:.1f}")
+    return report

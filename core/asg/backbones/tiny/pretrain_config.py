@@ -1,0 +1,48 @@
+"""Settings of `asg tiny pretrain` as typed data (no torch import: the CLI parser reads this)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from asg._validate import number
+
+
+@attrs.frozen(kw_only=True)
+class PretrainConfig:
+    """Everything that determines the pretrained weights (with the code version and thread count)."""
+
+    seed: int = attrs.field(default=0, validator=number(0, None, integer=True))
+    scenes: int = attrs.field(default=2000, validator=number(1, None, integer=True))  # labeled set size
+    steps: int = attrs.field(default=3000, validator=number(1, None, integer=True))
+    batch_text: int = attrs.field(default=24, validator=number(1, None, integer=True))  # understanding examples/step
+    batch_image: int = attrs.field(default=16, validator=number(1, None, integer=True))  # text-to-image pairs/step
+    lr: float = attrs.field(default=1e-3, validator=number(0.0, 1.0, lo_open=True))
+    min_lr_ratio: float = attrs.field(default=0.1, validator=number(0.0, 1.0))  # cosine floor
+    warmup: int = attrs.field(default=150, validator=number(0, None, integer=True))
+    weight_decay: float = attrs.field(default=0.01, validator=number(0.0, 1.0))
+    flow_weight: float = attrs.field(default=1.0, validator=number(0.0, None))  # weight of the flow loss
+    vocab_size: int = attrs.field(default=768, validator=number(300, None, integer=True))
+    eval_every: int = attrs.field(default=500, validator=number(0, None, integer=True))  # 0 = only at the end
+    eval_questions: int = attrs.field(default=200, validator=number(1, None, integer=True))  # on the val split
+    eval_per_tag: int = attrs.field(default=5, validator=number(1, None, integer=True))
+    threads: int = attrs.field(default=2, validator=number(1, None, integer=True))
+
+    def to_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("runs/tiny-pretrain"),
+                        help="output directory (config.json, tokenizer.json, model.safetensors, report)")
+    for field in attrs.fields(PretrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        parser.add_argument(flag, type=type(field.default), default=field.default,
+                            help=f"(default {field.default})")
+
+
+def config_from_args(args: argparse.Namespace) -> PretrainConfig:
+    return PretrainConfig(**{f.name: getattr(args, f.name) for f in attrs.fields(PretrainConfig)})

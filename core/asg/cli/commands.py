@@ -1,0 +1,163 @@
+"""Sub-command definitions. Each ``add_*`` declares its arguments; handlers import what they need."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+Sub = Any  # argparse._SubParsersAction
+
+
+def _print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+# -- asg plugins ------------------------------------------------------------------------------------
+def add_plugins(sub: Sub) -> None:
+    p = sub.add_parser("plugins", help="list installed plugins as JSON (never imports torch)")
+    p.add_argument("--hook", help="only plugins implementing this hook, e.g. register_backbones")
+    p.set_defaults(func=run_plugins)
+
+
+def run_plugins(args: argparse.Namespace) -> int:
+    from asg.plugins import get_host
+
+    records = get_host().to_json()
+    if args.hook:
+        records = [r for r in records if args.hook in r["hooks"]]
+    _print_json(records)
+    return 0
+
+
+# -- asg inspect ------------------------------------------------------------------------------------
+def add_inspect(sub: Sub) -> None:
+    p = sub.add_parser("inspect", help="build a backbone on the meta device: parameter counts, memory, manifest")
+    p.add_argument("backbone", help="registered backbone name (see `asg plugins`)")
+    p.add_argument("--preset", help="configuration preset (default: the backbone's default)")
+    p.add_argument("--manifest", action="store_true", help="print every parameter/buffer name, shape and dtype as JSON")
+    p.set_defaults(func=run_inspect)
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from asg.inspect import inspect_backbone
+
+    report = inspect_backbone(args.backbone, preset=args.preset, manifest=args.manifest)
+    _print_json(report)
+    return 0
+
+
+# -- asg data shapes --------------------------------------------------------------------------------
+def add_data(sub: Sub) -> None:
+    p = sub.add_parser("data", help="write datasets")
+    dsub = p.add_subparsers(dest="dataset", metavar="DATASET", required=True)
+    s = dsub.add_parser("shapes", help="write an UNLABELED ShapesWorld image folder (labels go to a separate file)")
+    s.add_argument("--out", required=True, type=Path, help="image folder to create (must be empty or absent)")
+    s.add_argument("--n", required=True, type=int, help="number of images")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--split", default="pool", help="seed namespace: pretrain, pool, val or test (default: pool)")
+    s.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    s.add_argument("--labels", type=Path, help="ground-truth file (default: <out>.labels.jsonl beside the folder)")
+    s.set_defaults(func=run_data_shapes)
+
+
+def run_data_shapes(args: argparse.Namespace) -> int:
+    from asg.errors import DataError
+    from asg.progress import progress_bar
+    from asg.shapes import write_unlabeled_folder
+
+    with progress_bar(total=args.n, desc="rendering ShapesWorld") as bar:
+        try:
+            labels = write_unlabeled_folder(
+                args.out, n=args.n, seed=args.seed, split=args.split, size=args.size, labels_path=args.labels,
+                progress=lambda i, n: bar.update_to(i),
+            )
+        except (ValueError, FileExistsError) as exc:
+            raise DataError(str(exc)) from exc
+    print(f"wrote {args.n} images to {args.out} (labels, never read by training: {labels})")
+    return 0
+
+
+# -- asg tiny ... -----------------------------------------------------------------------------------
+def add_tiny(sub: Sub) -> None:
+    p = sub.add_parser("tiny", help="the embedded `tiny` backbone: pretraining")
+    tsub = p.add_subparsers(dest="tiny_command", metavar="ACTION", required=True)
+    pre = tsub.add_parser("pretrain", help="pretrain `tiny` on a small labeled ShapesWorld set (CPU)")
+    from asg.backbones.tiny.pretrain_config import add_arguments
+
+    add_arguments(pre)
+    pre.set_defaults(func=run_tiny_pretrain)
+
+
+def run_tiny_pretrain(args: argparse.Namespace) -> int:
+    from asg.backbones.tiny.pretrain import pretrain_from_args
+
+    pretrain_from_args(args)
+    return 0
+
+
+# -- asg eval ---------------------------------------------------------------------------------------
+def add_eval(sub: Sub) -> None:
+    p = sub.add_parser("eval", help="measure a backbone on held-out ShapesWorld (VQA accuracy, GenEval-mini)")
+    p.add_argument("--backbone", default="tiny")
+    p.add_argument("--preset", help="configuration preset")
+    p.add_argument("--model", type=Path, help="local checkpoint directory")
+    p.add_argument("--suite", default="shapes", choices=["shapes"])
+    p.add_argument("--split", default="test", choices=["val", "test"], help="held-out split (tune on val only)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--questions", type=int, default=500, help="number of VQA questions")
+    p.add_argument("--per-tag", type=int, default=20, help="GenEval-mini prompts per category (4 images each)")
+    p.add_argument("--out", type=Path, help="write results.json, report.md and pictures here")
+    p.set_defaults(func=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from asg.evaluation import evaluate_shapes_cli
+
+    evaluate_shapes_cli(args)
+    return 0
+
+
+# -- asg train (the self-evolving loop) -------------------------------------------------------------
+def add_train(sub: Sub) -> None:
+    p = sub.add_parser("train", help="self-evolve a backbone on a folder of unlabeled images")
+    p.add_argument("--backbone", default="tiny")
+    p.add_argument("--preset")
+    p.add_argument("--model", type=Path, help="local checkpoint directory")
+    p.add_argument("--images", type=Path, required=True, help="folder of unlabeled images (searched recursively)")
+    p.add_argument("--recipe", default="e1", help="named recipe (E1-E7 of the paper)")
+    p.add_argument("--out", type=Path, help="run directory")
+    p.add_argument("--resume", type=Path, help="continue from a run directory or checkpoint")
+    p.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from asg.errors import CapabilityError
+
+    raise CapabilityError(
+        "the self-evolving training loop is not part of asg-core 0.1.0 yet; "
+        "`asg eval` and `asg demo` measure the base model in the meantime"
+    )
+
+
+# -- asg demo ---------------------------------------------------------------------------------------
+def add_demo(sub: Sub) -> None:
+    p = sub.add_parser("demo", help="the embedded default end to end: ShapesWorld folder -> tiny -> measured report")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output directory (default runs/demo)")
+    p.add_argument("--quick", action="store_true", help="fewer images and questions (a smoke run)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from asg.demo import run_demo as demo
+
+    demo(out=args.out, quick=args.quick, seed=args.seed)
+    return 0
+
+
+REGISTRY: list[Callable[[Sub], None]] = [add_plugins, add_inspect, add_data, add_tiny, add_eval, add_train, add_demo]

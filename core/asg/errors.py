@@ -1,0 +1,34 @@
+"""Errors raised by asg. Each names the culprit and, where there is one, the way out."""
+
+from __future__ import annotations
+
+
+class AsgError(Exception):
+    """Base class of every error asg raises on purpose."""
+
+
+class ConfigError(AsgError, ValueError):
+    """A configuration value, argument or combination is invalid."""
+
+
+class PluginError(AsgError):
+    """A plugin failed to import, to register, or registered something invalid."""
+
+
+class DuplicateNameError(PluginError):
+    """Two plugins registered the same name in the same registry."""
+
+
+class UnknownNameError(AsgError, KeyError):
+    """A backbone, reward, recipe or preset name that nobody registered."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
+        return str(self.args[0]) if self.args else ""
+
+
+class CapabilityError(AsgError):
+    """A backbone was asked for something its declared capabilities exclude."""
+
+
+class DataError(AsgError, ValueError):
+    """Input data (images, folders, files) is unusable."""

@@ -1,0 +1,152 @@
+"""Templated visual questions with answers computed from the scene's ground truth."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import numpy as np
+
+from . import _checks as c
+from .sampling import scene_for
+from .scene import Scene
+from .seeding import QUESTIONS, rng_for
+from .vocab import COLORS, QTYPES, SHAPES, plural
+
+# A position question is only asked when the centres differ by more than this
+# along the asked axis, so the answer is obvious to a human looking at 32 px.
+POSITION_MARGIN = 0.15
+
+# (question phrase, axis, True when the first object's coordinate is smaller)
+_RELATION_PHRASES = (
+    ("to the left of", "x", True),
+    ("to the right of", "x", False),
+    ("above", "y", True),  # y grows downwards, so "above" means a smaller y
+    ("below", "y", False),
+)
+
+
+@attrs.frozen
+class QA:
+    """A question, its canonical lowercase answer and its question type."""
+
+    question: str = attrs.field(validator=c.nonempty_str)
+    answer: str = attrs.field(validator=c.nonempty_str)
+    qtype: str = attrs.field(validator=c.one_of(QTYPES))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"question": self.question, "answer": self.answer, "qtype": self.qtype}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> QA:
+        if not isinstance(d, dict) or set(d) != {"question", "answer", "qtype"}:
+            raise ValueError(
+                f"QA.from_dict expects keys ['answer', 'qtype', 'question'], got {d!r}"
+            )
+        return cls(**d)
+
+
+def _yes_no(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def _count_questions(scene: Scene, rng: np.random.Generator) -> list[QA]:
+    out = [QA("How many shapes are there?", str(len(scene.objects)), "count")]
+    out += [QA(f"How many {plural(s)} are there?", str(scene.count(shape=s)), "count")
+            for s in SHAPES]
+    present = [col for col in COLORS if scene.count(color=col)]
+    absent = [col for col in COLORS if col not in present]
+    # Every present colour plus one absent one, so "0" is a possible answer
+    # without flooding the list with zero-count questions.
+    asked = present + ([absent[int(rng.integers(len(absent)))]] if absent else [])
+    out += [QA(f"How many {col} shapes are there?", str(scene.count(color=col)), "count")
+            for col in asked]
+    return out
+
+
+def _attribute_questions(scene: Scene) -> list[QA]:
+    out = []
+    # "the triangle" only refers to something when there is exactly one.
+    for s in SHAPES:
+        if scene.count(shape=s) == 1:
+            o = next(o for o in scene.objects if o.shape == s)
+            out.append(QA(f"What color is the {s}?", o.color, "color"))
+    for col in COLORS:
+        if scene.count(color=col) == 1:
+            o = next(o for o in scene.objects if o.color == col)
+            out.append(QA(f"What shape is the {col} object?", o.shape, "shape"))
+    return out
+
+
+def _position_questions(scene: Scene, rng: np.random.Generator) -> list[QA]:
+    # Only objects nameable unambiguously by "the <colour> <shape>".
+    unique = [o for o in scene.objects if scene.count(o.shape, o.color) == 1]
+    out = []
+    for i, a in enumerate(unique):
+        for b in unique[i + 1:]:
+            for axis in ("x", "y"):
+                if abs(getattr(a, axis) - getattr(b, axis)) <= POSITION_MARGIN:
+                    continue
+                # A random order and a random relation of this axis make the
+                # answer a fair coin, so "yes" and "no" are balanced.
+                first, second = (a, b) if rng.integers(2) else (b, a)
+                options = [r for r in _RELATION_PHRASES if r[1] == axis]
+                words, _, smaller = options[int(rng.integers(len(options)))]
+                truth = (getattr(first, axis) < getattr(second, axis)) == smaller
+                out.append(QA(f"Is the {first.name} {words} the {second.name}?",
+                              _yes_no(truth), "position"))
+    return out
+
+
+def _existence_questions(scene: Scene, rng: np.random.Generator) -> list[QA]:
+    combos = [(col, s) for col in COLORS for s in SHAPES]
+    present = sorted({(o.color, o.shape) for o in scene.objects}, key=combos.index)
+    absent = [k for k in combos if k not in present]
+    # Prefer "near miss" negatives (right colour or right shape, wrong pairing):
+    # they test binding of colour to shape rather than mere colour presence.
+    near = [k for k in absent if any(k[0] == p[0] or k[1] == p[1] for p in present)]
+    out = []
+    if present:  # exactly one yes and one no keeps existence answers balanced
+        col, s = present[int(rng.integers(len(present)))]
+        out.append(QA(f"Is there a {col} {s}?", "yes", "existence"))
+    pool = near or absent
+    col, s = pool[int(rng.integers(len(pool)))]
+    out.append(QA(f"Is there a {col} {s}?", "no", "existence"))
+    return out
+
+
+def questions(scene: Scene, rng: np.random.Generator) -> list[QA]:
+    """All templated questions for `scene`, grouped by qtype in QTYPES order."""
+    if not isinstance(scene, Scene):
+        raise TypeError(f"scene must be a Scene, got {type(scene).__name__}")
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    qs = (_count_questions(scene, rng) + _attribute_questions(scene)
+          + _position_questions(scene, rng) + _existence_questions(scene, rng))
+    return sorted(qs, key=lambda q: QTYPES.index(q.qtype))  # stable: keeps template order
+
+
+def sample_qa(scene: Scene, rng: np.random.Generator, qtype: str | None = None) -> QA:
+    """One question; qtype uniform over the types this scene supports unless given."""
+    if qtype is not None:
+        c.require_choice("qtype", qtype, QTYPES)
+    by_type: dict[str, list[QA]] = {}
+    for q in questions(scene, rng):
+        by_type.setdefault(q.qtype, []).append(q)
+    if qtype is None:
+        available = [t for t in QTYPES if t in by_type]
+        qtype = available[int(rng.integers(len(available)))]
+    elif qtype not in by_type:
+        raise ValueError(
+            f"scene has no {qtype!r} question (e.g. no uniquely named object); "
+            f"available qtypes: {sorted(by_type, key=QTYPES.index)}"
+        )
+    pool = by_type[qtype]
+    return pool[int(rng.integers(len(pool)))]
+
+
+def qa_for(split: str, seed: int, index: int) -> list[QA]:
+    """The questions for scene_for(split, seed, index), from their own RNG stream."""
+    return questions(scene_for(split, seed, index), rng_for(QUESTIONS, split, seed, index))
+
+

@@ -1,0 +1,1 @@
+"""asg-example: the backbone plugin that docs/plugins.md walks through."""

@@ -1,0 +1,73 @@
+"""`asg tiny pretrain` is reproducible by seed and writes a loadable model with its report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from asg.backbones.tiny.model import TinyBackbone
+from asg.backbones.tiny.pretrain import pretrain
+from asg.backbones.tiny.pretrain_config import PretrainConfig
+from asg.backbones.tiny.pretrain_data import LabeledSet, drawing_prompts, understanding_example
+from asg.shapes import Obj, Scene
+
+SMALL = dict(scenes=6, steps=2, batch_text=3, batch_image=2, warmup=1, eval_every=0, eval_questions=2, eval_per_tag=1)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        out[name] = tmp_path_factory.mktemp(name)
+        pretrain(PretrainConfig(seed=seed, **SMALL), out[name])
+    return out
+
+
+def test_same_seed_gives_identical_weights(runs) -> None:
+    """Two runs with the same seed write bit-identical weights and tokenizers; another seed differs."""
+    a, b, c = (load_file(str(runs[k] / "model.safetensors")) for k in "abc")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    assert (runs["a"] / "tokenizer.json").read_bytes() == (runs["b"] / "tokenizer.json").read_bytes()
+
+
+def test_output_loads_as_a_backbone_with_a_report(runs) -> None:
+    """The output directory loads with --model and holds a report with the loss history and evals."""
+    bb = TinyBackbone.load(model=runs["a"])
+    assert bb.config.vocab_size == len(bb.tokenizer)
+    report = json.loads((runs["a"] / "pretrain_report.json").read_text())
+    assert [h["step"] for h in report["history"]] == [1, 2]
+    assert report["labeled_set"]["scenes"] == 6 and report["evals"][-1]["step"] == 2
+    assert (runs["a"] / "pretrain_curves.png").stat().st_size > 1000
+
+
+def test_refuses_to_overwrite_foreign_weights(tmp_path: Path) -> None:
+    """A directory with weights that pretrain did not write is left alone."""
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(FileExistsError, match="did not write"):
+        pretrain(PretrainConfig(**SMALL), tmp_path)
+
+
+def test_drawing_prompts_are_true_of_the_scene() -> None:
+    """Drawing prompts of a two-object scene include its GenEval-style phrasings, position by hand."""
+    scene = Scene((Obj("circle", "red", "small", 0.2, 0.5), Obj("square", "blue", "large", 0.8, 0.5)))
+    prompts = drawing_prompts(scene)
+    assert "a circle and a square" in prompts and "a red circle and a blue square" in prompts
+    assert "a circle to the left of a square" in prompts  # x 0.2 vs 0.8, same y
+    assert not any("above" in p or "below" in p for p in prompts)
+    assert prompts[0].startswith("a small red circle")
+
+
+def test_understanding_examples_cover_every_task() -> None:
+    """Each pretraining task yields a prompt with the image and a target in the role's output format."""
+    import numpy as np
+
+    data = LabeledSet(4, 0, 64)
+    rng = np.random.default_rng(0)
+    for task, marker in (("vqa", "<answer>"), ("caption", "."), ("proposer", "<q><target>"), ("spec", "<prompt>")):
+        prompt, target, got = understanding_example(data, rng, task)
+        assert got == task and prompt.image is not None and marker in target

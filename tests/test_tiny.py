@@ -1,0 +1,112 @@
+"""The embedded `tiny` backbone: conformance, its tokenizer and chat format, config, shipped weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from asg.backbones.tiny import templates as T
+from asg.backbones.tiny.config import TinyConfig
+from asg.backbones.tiny.model import WEIGHTS_DIR, TinyBackbone, image_to_tensor, tensor_to_image
+from asg.backbones.tiny.tokenizer import CHAT_TEMPLATE, chat, load_tokenizer
+from asg.errors import ConfigError
+from asg.testing import BackboneConformance
+
+
+class TestTinyConformance(BackboneConformance):
+    """The shipped `tiny` backbone passes every contract check of the kit."""
+
+    def make_backbone(self):
+        return TinyBackbone.load()
+
+
+def test_shipped_weights_are_small_safetensors() -> None:
+    """The weights that ship in asg-core are safetensors files of at most ~25 MB."""
+    size = sum(p.stat().st_size for p in WEIGHTS_DIR.iterdir())
+    assert (WEIGHTS_DIR / "model.safetensors").is_file() and size <= 25 * 2**20
+    assert not list(WEIGHTS_DIR.glob("*.bin")) and not list(WEIGHTS_DIR.glob("*.pt"))
+
+
+def test_chat_function_matches_the_tokenizer_chat_template() -> None:
+    """chat() produces exactly what the tokenizer's ChatML template renders."""
+    tok = load_tokenizer(WEIGHTS_DIR)
+    assert tok.chat_template == CHAT_TEMPLATE
+    rendered = tok.apply_chat_template([{"role": "user", "content": "<image>\nHow many?"}], tokenize=False,
+                                       add_generation_prompt=True)
+    assert rendered == chat("How many?", image=True)
+
+
+def test_role_tags_are_single_tokens() -> None:
+    """Answer and proposer tags are atomic tokens, so the first answer token follows <answer> directly."""
+    tok = load_tokenizer(WEIGHTS_DIR)
+    for tag in T.TAGS:
+        assert len(tok.encode(tag, add_special_tokens=False)) == 1, tag
+    ids = tok.encode("<answer>3</answer>", add_special_tokens=False)
+    assert tok.convert_ids_to_tokens(ids[:1]) == ["<answer>"]
+
+
+def test_config_rejects_inconsistent_and_unknown_values() -> None:
+    """TinyConfig names the field and the constraint it breaks; unknown keys are listed."""
+    with pytest.raises(ConfigError, match=r"image_size \(60\) must be a multiple of patch_size \(8\)"):
+        TinyConfig(image_size=60)
+    with pytest.raises(ConfigError, match=r"text_hidden \(190\) must be divisible by text_heads \(4\)"):
+        TinyConfig(text_hidden=190)
+    with pytest.raises(ConfigError, match="unknown TinyConfig key.*colour"):
+        TinyConfig.from_dict({"colour": 1})
+    with pytest.raises(ValueError, match=r"TinyConfig.lora_r must be an integer in \[1, inf\], got 0"):
+        TinyConfig(lora_r=0)
+
+
+def test_load_errors_name_the_problem(tmp_path: Path) -> None:
+    """Unknown presets, missing directories and dtypes are reported precisely."""
+    with pytest.raises(ConfigError, match="unknown tiny preset 'huge'; valid presets: base, init"):
+        TinyBackbone.load(preset="huge")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        TinyBackbone.load(model=tmp_path / "missing")
+    with pytest.raises(ConfigError, match="dtype must be one of float32, bfloat16, float16"):
+        TinyBackbone.load(dtype="int4")
+
+
+def test_meta_device_build_allocates_nothing() -> None:
+    """load(device='meta', weights=False) builds the full architecture without storage."""
+    bb = TinyBackbone.load(device="meta", weights=False)
+    assert all(p.is_meta for p in bb.net.parameters())
+    assert sum(p.numel() for p in bb.net.parameters()) > 1_000_000
+
+
+def test_image_tensor_round_trip() -> None:
+    """Pixels map to [-1, 1] and back exactly (uint8 -> float -> uint8)."""
+    from asg.shapes import render, scene_for
+
+    img = render(scene_for("test", 0, 0), 64)
+    x = image_to_tensor(img, 64)
+    assert x.shape == (3, 64, 64) and float(x.min()) >= -1 and float(x.max()) <= 1
+    assert list(tensor_to_image(x).getdata()) == list(img.getdata())
+
+
+def test_generated_image_latents_decode_to_the_image() -> None:
+    """A FlowTrace's latents are exactly the pixels of the returned image."""
+    bb = TinyBackbone.load()
+    with bb.use_role("generator"):
+        (g,) = bb.generate_images(["a red circle"], seed=0, num_steps=4)
+    assert list(tensor_to_image(g.trace.latents).getdata()) == list(g.image.getdata())
+
+
+def test_shipped_model_is_competent_but_imperfect() -> None:
+    """On 150 held-out test questions the shipped base answers well above chance and below perfect."""
+    from asg.evaluation import evaluate_vqa
+
+    res = evaluate_vqa(TinyBackbone.load(), split="test", seed=1, n=150)
+    assert 35.0 <= res["accuracy"] <= 85.0, res["per_qtype"]
+
+
+def test_pretrain_report_ships_with_the_weights() -> None:
+    """The shipped weights come with the report of the run that produced them."""
+    report = json.loads((WEIGHTS_DIR / "pretrain_report.json").read_text())
+    assert report["labeled_set"]["split"] == "pretrain" and report["labeled_set"]["scenes"] >= 1
+    cfg = json.loads((WEIGHTS_DIR / "config.json").read_text())
+    assert cfg == report["model_config"]
+    assert report["parameters"] == sum(p.numel() for p in TinyBackbone.load(adapters=False).net.parameters())
