@@ -23,7 +23,7 @@ def test_inspect_counts_parameters_on_the_meta_device(capsys) -> None:
     real = TinyBackbone.load(adapters=False)
     assert report["parameters"]["total"] == sum(p.numel() for p in real.net.parameters())
     parts = {k: v for k, v in report["parameters"].items() if k != "total"}
-    assert set(parts) == {"vision_tower", "projector", "language_model", "generation_head"}
+    assert set(parts) == {"vision_tower", "projector", "language_model", "generation_head", "autoencoder"}
     assert sum(parts.values()) == report["parameters"]["total"]
     total = report["parameters"]["total"]
     assert report["memory"]["weights"]["float32"]["bytes"] == 4 * total
@@ -49,7 +49,9 @@ def test_inspect_manifest_matches_the_shipped_checkpoint(capsys) -> None:
 @pytest.mark.parametrize(("argv", "message"), [
     (["inspect", "nope"], "unknown backbone 'nope'; valid choices:"),
     (["inspect", "tiny", "--preset", "huge"], "unknown preset 'huge' for backbone 'tiny'; valid presets: base, init"),
-    (["train", "--images", "x"], "training loop is not part of asg-core 0.1.0 yet"),
+    (["train", "--images", "x"], "asg train needs --out RUN_DIR (or --resume RUN_DIR to continue a run)"),
+    (["train", "--images", "OUT", "--out", "OUT"], "does not exist"),
+    (["train", "--images", "x", "--out", "OUT", "--set", "solver.sample.m=5"], "SolverConfig: unknown key(s) 'm'"),
     (["data", "shapes", "--out", "OUT", "--n", "0"], "n must be"),
 ])
 def test_errors_exit_2_with_a_clear_message(argv, message, capsys, tmp_path) -> None:
@@ -87,7 +89,15 @@ def test_eval_writes_results_report_and_pictures(tmp_path: Path, capsys) -> None
 
 
 def test_demo_quick_runs_end_to_end(tmp_path: Path, capsys) -> None:
-    """`asg demo --quick` measures the shipped model and writes its report."""
-    assert main(["demo", "--quick", "--out", str(tmp_path / "demo")]) == 0
-    summary = json.loads(capsys.readouterr().out)
-    assert 0 <= summary["vqa_accuracy"] <= 100 and Path(summary["report"]).is_file()
+    """`asg demo --quick` writes a pool, evaluates, trains, evaluates again and prints the table."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"report: {out / 'run' / 'report.md'}" in text
+    assert "vqa_accuracy" in text and "geneval_mini" in text
+    report = (out / "run" / "report.md").read_text()
+    assert "## Before / after" in report
+    assert len(list((out / "pool").glob("*.png"))) == 40
+    assert not (out / "pool" / "labels.jsonl").exists()  # labels live beside the folder, never inside
+    rows = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 11))

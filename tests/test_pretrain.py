@@ -15,7 +15,7 @@ from asg.backbones.tiny.pretrain_config import PretrainConfig
 from asg.backbones.tiny.pretrain_data import LabeledSet, drawing_prompts, understanding_example
 from asg.shapes import Obj, Scene
 
-SMALL = dict(scenes=6, steps=2, batch_text=3, batch_image=2, warmup=1, eval_every=0, eval_questions=2, eval_per_tag=1)
+SMALL = dict(scenes=6, vae_steps=2, vae_batch=2, steps=2, batch_text=3, batch_image=2, warmup=1, eval_every=0, eval_questions=2, eval_per_tag=1)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from asg.backbones.tiny import templates as T
 from asg.backbones.tiny.config import TinyConfig
 from asg.backbones.tiny.model import WEIGHTS_DIR, TinyBackbone, image_to_tensor, tensor_to_image
 from asg.backbones.tiny.tokenizer import CHAT_TEMPLATE, chat, load_tokenizer
-from asg.errors import ConfigError
+from asg.errors import ConfigError, DataError
 from asg.testing import BackboneConformance
 
 
@@ -64,8 +64,11 @@ def test_load_errors_name_the_problem(tmp_path: Path) -> None:
     """Unknown presets, missing directories and dtypes are reported precisely."""
     with pytest.raises(ConfigError, match="unknown tiny preset 'huge'; valid presets: base, init"):
         TinyBackbone.load(preset="huge")
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(DataError, match="does not exist"):
         TinyBackbone.load(model=tmp_path / "missing")
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(DataError, match=r"lacks tokenizer.json, model.safetensors: point --model at"):
+        TinyBackbone.load(model=tmp_path)
     with pytest.raises(ConfigError, match="dtype must be one of float32, bfloat16, float16"):
         TinyBackbone.load(dtype="int4")
 
@@ -79,20 +82,37 @@ def test_meta_device_build_allocates_nothing() -> None:
 
 def test_image_tensor_round_trip() -> None:
     """Pixels map to [-1, 1] and back exactly (uint8 -> float -> uint8)."""
+    import numpy as np
+
     from asg.shapes import render, scene_for
 
     img = render(scene_for("test", 0, 0), 64)
     x = image_to_tensor(img, 64)
     assert x.shape == (3, 64, 64) and float(x.min()) >= -1 and float(x.max()) <= 1
-    assert list(tensor_to_image(x).getdata()) == list(img.getdata())
+    assert np.array_equal(np.asarray(tensor_to_image(x)), np.asarray(img))
 
 
 def test_generated_image_latents_decode_to_the_image() -> None:
-    """A FlowTrace's latents are exactly the pixels of the returned image."""
+    """A FlowTrace holds the latents that decode to exactly the returned image, from its noise."""
+    import numpy as np
+
     bb = TinyBackbone.load()
     with bb.use_role("generator"):
         (g,) = bb.generate_images(["a red circle"], seed=0, num_steps=4)
-    assert list(tensor_to_image(g.trace.latents).getdata()) == list(g.image.getdata())
+    assert g.trace.latents.shape == (bb.config.latent_channels, bb.config.latent_size, bb.config.latent_size)
+    assert np.array_equal(np.asarray(bb.decode_latents(g.trace.latents[None])[0]), np.asarray(g.image))
+    expected_noise = torch.randn(g.trace.noise.shape, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(g.trace.noise, expected_noise)
+
+
+def test_autoencoder_reconstructs_held_out_scenes() -> None:
+    """The shipped autoencoder's round trip keeps held-out test scenes readable by the detector."""
+    from asg.evaluation import scene_match_rate
+    from asg.shapes import render, scene_for
+
+    bb = TinyBackbone.load()
+    imgs = [render(scene_for("test", 4, i), 64) for i in range(60)]
+    assert scene_match_rate(imgs, bb.decode_latents(bb.encode_images(imgs))) >= 0.95
 
 
 def test_shipped_model_is_competent_but_imperfect() -> None:

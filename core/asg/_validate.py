@@ -111,13 +111,3 @@ def pil_image(*, optional: bool = False) -> Callable[[Any, attrs.Attribute, Any]
     return check
 
 
-def same_length(*fields: str) -> Callable[[Any], None]:
-    """For ``__attrs_post_init__``: the named sequence/tensor fields have the same leading length."""
-
-    def check(inst: Any) -> None:
-        lengths = {f: len(getattr(inst, f)) for f in fields if getattr(inst, f) is not None}
-        if len(set(lengths.values())) > 1:
-            detail = ", ".join(f"{f}={n}" for f, n in lengths.items())
-            raise ValueError(f"{type(inst).__name__}: fields must have the same length, got {detail}")
-
-    return check

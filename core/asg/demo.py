@@ -1,39 +1,36 @@
-"""`asg demo`: the embedded default end to end on a CPU — the shipped `tiny` backbone measured on
-held-out ShapesWorld (VQA accuracy, GenEval-mini), with pictures and a report."""
+"""`asg demo`: the embedded default end to end on a CPU.
+
+1. write an unlabeled ShapesWorld folder (``pool`` split; the labels file is never read by training);
+2. measure the shipped `tiny` backbone on held-out ShapesWorld (``test`` split): VQA accuracy and
+   GenEval-mini;
+3. run the self-evolving loop (recipe ``demo``: e1 scaled to a CPU) on the folder;
+4. measure again, write ``report.md`` with plots and samples, and print the before/after table.
+"""
 
 from __future__ import annotations
 
-import json
-import platform
-import time
+import argparse
 from pathlib import Path
+from typing import Any
 
-from asg.progress import progress_bar
+QUICK = {"images": 40, "steps": 10, "questions": 60, "per_tag": 3}
+FULL = {"images": 400, "steps": 60, "questions": 500, "per_tag": 10}
 
 
-def run_demo(out: Path, *, quick: bool = False, seed: int = 0) -> Path:
-    from asg.evaluation import evaluate_shapes, vqa_items, write_report
-    from asg.plugins import get_backbone_class
+def run_demo(out: Path, *, quick: bool = False, seed: int = 0, steps: int | None = None) -> dict[str, Any]:
+    from asg.shapes import write_unlabeled_folder
+    from asg.train.cli import run_train
 
+    sizes = dict(QUICK if quick else FULL)
+    if steps is not None:
+        sizes["steps"] = steps
     out = Path(out)
-    questions, per_tag = (60, 3) if quick else (500, 20)
-    t0 = time.time()
-    backbone = get_backbone_class("tiny").load()
-    with progress_bar(total=questions + per_tag * 6 * 4, desc="asg demo: evaluating tiny") as bar:
-        done = {"vqa": 0, "geneval": 0}
-
-        def report(phase: str, i: int, n: int) -> None:
-            done[phase] = i
-            bar.update_to(done["vqa"] + done["geneval"])
-            bar.set(phase=phase)
-
-        results = evaluate_shapes(backbone, split="test", seed=seed, questions=questions, per_tag=per_tag, progress=report)
-    results["machine"] = {"platform": platform.platform(), "python": platform.python_version()}
-    results["seconds"]["total"] = time.time() - t0
-    imgs = [img for _, img in vqa_items("test", seed, min(24, questions), backbone.image_size[0])]
-    path = write_report(results, out, title="asg demo: the shipped `tiny` backbone on held-out ShapesWorld", vqa_images=imgs)
-    vqa, gen = results["vqa"], results["geneval_mini"]
-    summary = {"vqa_accuracy": round(vqa["accuracy"], 1), "geneval_mini": round(gen["overall"], 1),
-               "seconds": round(results["seconds"]["total"], 1), "report": str(path)}
-    print(json.dumps(summary, indent=1))
-    return path
+    pool = out / "pool"
+    if not pool.is_dir() or not any(pool.iterdir()):
+        write_unlabeled_folder(pool, n=sizes["images"], seed=seed, split="pool")
+    args = argparse.Namespace(
+        backbone="tiny", preset=None, model=None, device="cpu", adapters=None, images=pool, recipe="demo",
+        set=[f"seed={seed}"], steps=sizes["steps"], out=out / "run", resume=None, eval="shapes",
+        eval_questions=sizes["questions"], eval_per_tag=sizes["per_tag"], eval_seed=seed,
+    )
+    return run_train(args)

@@ -121,6 +121,15 @@ def _score_geneval(prompts: Sequence[GenPrompt], images: Sequence[Image.Image], 
     }
 
 
+def scene_match_rate(reference: Sequence[Image.Image], candidates: Sequence[Image.Image]) -> float:
+    """Share of image pairs whose detected (shape, colour) multisets are identical (0-1)."""
+    from collections import Counter
+
+    hits = [Counter((d.shape, d.color) for d in detect(a)) == Counter((d.shape, d.color) for d in detect(b))
+            for a, b in zip(reference, candidates, strict=True)]
+    return sum(hits) / max(1, len(hits))
+
+
 def evaluate_shapes(backbone: Any, *, split: str = "test", seed: int = 0, questions: int = 500, per_tag: int = 20,
                     progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     t0 = time.time()

@@ -30,7 +30,7 @@ from asg.errors import DuplicateNameError, PluginError, UnknownNameError
 
 ENTRY_POINT_GROUP = "asg"
 # Built-in plugins, registered after third-party ones exactly like them (llm's DEFAULT_PLUGINS).
-DEFAULT_PLUGINS: tuple[str, ...] = ("asg.backbones.tiny.plugin",)
+DEFAULT_PLUGINS: tuple[str, ...] = ("asg.backbones.tiny.plugin", "asg.rewards.plugin", "asg.train.plugin")
 KINDS = ("backbones", "rewards", "recipes")
 _HOOKS = {kind: f"register_{kind}" for kind in KINDS}
 _SINGULAR = {"backbones": "backbone", "rewards": "reward", "recipes": "recipe"}

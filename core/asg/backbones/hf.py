@@ -24,6 +24,21 @@ from asg.kernels import token_stats
 from asg.types import SamplingParams, ScoreOutput, TokenStats
 
 
+class SuppressTokens(LogitsProcessor):
+    """Makes tokens a completion must never contain (image placeholders, padding) impossible.
+
+    Without it a hot sampler can emit, say, the image placeholder, and scoring that completion later
+    fails inside the model (one more placeholder than image features).
+    """
+
+    def __init__(self, token_ids: Sequence[int]) -> None:
+        self.token_ids = sorted(set(int(t) for t in token_ids))
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores[:, self.token_ids] = float("-inf")
+        return scores
+
+
 class PerRowWarper(LogitsProcessor):
     """Temperature, top-k and top-p per row; greedy rows keep only their argmax.
 
@@ -117,13 +132,14 @@ def generate_with_stats(
     seed: int | None = None,
     return_stats: bool = True,
     processors: Sequence[LogitsProcessor] = (),
+    suppress_token_ids: Sequence[int] = (),
 ) -> list[tuple[list[int], TokenStats | None, str]]:
     """Run one batched ``model.generate`` over left-padded ``inputs``.
 
     Returns per row: generated ids (EOS and padding removed), statistics per generated step (the EOS
     step included when it was emitted), and the finish reason ("stop" or "length").
     Statistics are of the raw logits, before ``processors`` (e.g. a vocabulary restriction) and the
-    per-row sampling warper run.
+    per-row sampling warper run; ``suppress_token_ids`` are never emitted.
     """
     input_ids = inputs["input_ids"]
     B, prompt_len = input_ids.shape
@@ -132,7 +148,8 @@ def generate_with_stats(
     device = input_ids.device
     max_new = torch.tensor([p.max_new_tokens for p in params], device=device)
     recorder = StatsRecorder() if return_stats else None
-    chain = LogitsProcessorList(([recorder] if recorder else []) + list(processors) + [PerRowWarper(params, device)])
+    suppress = [SuppressTokens(suppress_token_ids)] if suppress_token_ids else []
+    chain = LogitsProcessorList(([recorder] if recorder else []) + suppress + list(processors) + [PerRowWarper(params, device)])
     # An explicit config: no hidden defaults (HF's top_k=50 would otherwise apply to sampling).
     config = GenerationConfig(
         do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=int(max_new.max()),

@@ -9,6 +9,7 @@ kit checks, not of flags that a later switch could flip.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+import warnings
 from contextlib import contextmanager
 
 import torch
@@ -26,8 +27,12 @@ class RoleAdapters:
             raise ConfigError("RoleAdapters needs at least one role configuration")
         self.root = root
         self.roles = tuple(configs)
-        for role, cfg in configs.items():
-            inject_adapter_in_model(cfg, root, adapter_name=role)
+        with warnings.catch_warnings():
+            # peft warns that a second adapter meets the first one's peft_config: several named
+            # adapters in one model is exactly what the roles are
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+            for role, cfg in configs.items():
+                inject_adapter_in_model(cfg, root, adapter_name=role)
         self._layers = [m for m in root.modules() if isinstance(m, BaseTunerLayer)]
         self._params: dict[str, list[tuple[str, torch.nn.Parameter]]] = {r: [] for r in self.roles}
         for name, p in root.named_parameters():

@@ -122,33 +122,105 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- asg train (the self-evolving loop) -------------------------------------------------------------
+# -- asg train / ask / generate (the self-evolving loop) ------------------------------------------
+def _backbone_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", default="tiny", help="registered backbone name (see `asg plugins`)")
+    p.add_argument("--preset", help="configuration preset of the backbone")
+    p.add_argument("--model", type=Path, help="local checkpoint directory (nothing is downloaded)")
+    p.add_argument("--device", help="cpu or cuda (default cpu; under accelerate each rank uses its own device)")
+
+
+def _recipe_args(p: argparse.ArgumentParser, default: str = "e1") -> None:
+    p.add_argument("--recipe", default=default, help=f"named recipe (e1 ... e7, demo) or a .json/.toml file (default {default})")
+    p.add_argument("--set", action="append", metavar="KEY.PATH=VALUE",
+                   help="override one recipe field, e.g. --set solver.sample.n=5 (repeatable)")
+
+
 def add_train(sub: Sub) -> None:
     p = sub.add_parser("train", help="self-evolve a backbone on a folder of unlabeled images")
-    p.add_argument("--backbone", default="tiny")
-    p.add_argument("--preset")
-    p.add_argument("--model", type=Path, help="local checkpoint directory")
+    _backbone_args(p)
     p.add_argument("--images", type=Path, required=True, help="folder of unlabeled images (searched recursively)")
-    p.add_argument("--recipe", default="e1", help="named recipe (E1-E7 of the paper)")
-    p.add_argument("--out", type=Path, help="run directory")
-    p.add_argument("--resume", type=Path, help="continue from a run directory or checkpoint")
+    _recipe_args(p)
+    p.add_argument("--steps", type=int, help="total global steps (overrides schedule.steps)")
+    p.add_argument("--out", type=Path, help="run directory (must be new unless --resume)")
+    p.add_argument("--resume", type=Path, help="continue from a run directory, checkpoint directory or state file")
+    p.add_argument("--eval", choices=["shapes"], help="measure on held-out ShapesWorld before and after training")
+    p.add_argument("--eval-questions", type=int, default=500, help="VQA questions of --eval (default 500)")
+    p.add_argument("--eval-per-tag", type=int, default=20, help="GenEval-mini prompts per category of --eval (default 20)")
+    p.add_argument("--eval-seed", type=int, default=0)
     p.set_defaults(func=run_train)
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from asg.errors import CapabilityError
+    from asg.train.cli import run_train as train
 
-    raise CapabilityError(
-        "the self-evolving training loop is not part of asg-core 0.1.0 yet; "
-        "`asg eval` and `asg demo` measure the base model in the meantime"
-    )
+    summary = train(args)
+    _print_outcome(summary)
+    return 0
+
+
+def _print_outcome(summary: dict[str, Any]) -> None:
+    """The run directory, its report, and the before/after table read back from report.md."""
+    if not summary.get("report"):
+        return
+    from asg.train.cli import format_before_after
+    from asg.train.report import read_before_after_table
+
+    print(f"run: {summary['run']}\nreport: {summary['report']}")
+    rows = read_before_after_table(Path(summary["report"]))
+    if rows:
+        print(format_before_after(rows))
+
+
+def add_ask(sub: Sub) -> None:
+    p = sub.add_parser("ask", help="one image through the loop without updates: questions, N answers, votes, H_sc, STE, rewards")
+    _backbone_args(p)
+    p.add_argument("--image", type=Path, required=True)
+    p.add_argument("--adapters", type=Path, help="trained adapters: a run directory, checkpoint or .safetensors file")
+    _recipe_args(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the whole record as JSON")
+    p.set_defaults(func=run_ask)
+
+
+def run_ask(args: argparse.Namespace) -> int:
+    from asg.train.cli import print_ask, run_ask as ask
+
+    result = ask(args)
+    if args.json:
+        _print_json(result)
+    else:
+        print_ask(result)
+    return 0
+
+
+def add_generate(sub: Sub) -> None:
+    p = sub.add_parser("generate", help="draw images for a prompt with the generator role")
+    _backbone_args(p)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--n", type=int, default=4, help="number of images (default 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, help="sampling steps (default: the backbone's)")
+    p.add_argument("--adapters", type=Path, help="trained adapters: a run directory, checkpoint or .safetensors file")
+    p.add_argument("--out", type=Path, default=Path("generated"), help="output folder (default ./generated)")
+    p.set_defaults(func=run_generate)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from asg.train.cli import run_generate as generate
+
+    paths = generate(args)
+    print(f"wrote {len(paths)} images and grid.png to {args.out}")
+    return 0
 
 
 # -- asg demo ---------------------------------------------------------------------------------------
 def add_demo(sub: Sub) -> None:
-    p = sub.add_parser("demo", help="the embedded default end to end: ShapesWorld folder -> tiny -> measured report")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output directory (default runs/demo)")
-    p.add_argument("--quick", action="store_true", help="fewer images and questions (a smoke run)")
+    p = sub.add_parser("demo", help="the main job on the embedded default: tiny self-evolves on an unlabeled "
+                                    "ShapesWorld folder, measured before and after on held-out scenes")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output directory (default runs/demo; must be new)")
+    p.add_argument("--quick", action="store_true", help="a smoke run: 10 steps, small evaluations")
+    p.add_argument("--steps", type=int, help="training steps (default 60; 10 with --quick)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run_demo)
 
@@ -156,8 +228,10 @@ def add_demo(sub: Sub) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     from asg.demo import run_demo as demo
 
-    demo(out=args.out, quick=args.quick, seed=args.seed)
+    _print_outcome(demo(out=args.out, quick=args.quick, seed=args.seed, steps=args.steps))
     return 0
 
 
-REGISTRY: list[Callable[[Sub], None]] = [add_plugins, add_inspect, add_data, add_tiny, add_eval, add_train, add_demo]
+REGISTRY: list[Callable[[Sub], None]] = [
+    add_plugins, add_inspect, add_data, add_tiny, add_eval, add_train, add_ask, add_generate, add_demo,
+]

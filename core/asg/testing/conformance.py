@@ -62,8 +62,10 @@ class BackboneConformance:
         raise NotImplementedError("subclasses of BackboneConformance implement make_backbone()")
 
     @pytest.fixture(scope="class")
-    def backbone(self) -> Backbone:
-        return self.make_backbone()
+    @classmethod
+    def backbone(cls) -> Backbone:
+        """One backbone shared by the read-only checks of a class (built once: loading costs)."""
+        return cls().make_backbone()
 
     @pytest.fixture
     def fresh(self) -> Backbone:

@@ -19,7 +19,7 @@ class TinyConfig:
     """Sizes of the three parts: vision encoder, language model, flow-matching generation head."""
 
     image_size: int = attrs.field(default=64, validator=number(16, 1024, integer=True))  # square RGB, in and out
-    patch_size: int = attrs.field(default=8, validator=number(2, 64, integer=True))  # ViT and head patches
+    patch_size: int = attrs.field(default=8, validator=number(2, 64, integer=True))  # vision-tower patches
     vision_hidden: int = attrs.field(default=128, validator=number(8, None, integer=True))
     vision_layers: int = attrs.field(default=3, validator=number(1, None, integer=True))
     vision_heads: int = attrs.field(default=4, validator=number(1, None, integer=True))
@@ -31,6 +31,12 @@ class TinyConfig:
     text_intermediate: int = attrs.field(default=512, validator=number(8, None, integer=True))
     max_positions: int = attrs.field(default=512, validator=number(64, None, integer=True))
     num_queries: int = attrs.field(default=16, validator=number(1, None, integer=True))  # latent queries -> head
+    # Autoencoder (diffusers AutoencoderKL, 4x down-sampling): the head works on its latent grid.
+    vae_channels: tuple[int, ...] = attrs.field(default=(16, 32, 64), converter=tuple)
+    latent_channels: int = attrs.field(default=4, validator=number(1, None, integer=True))
+    latent_shift: float = attrs.field(default=0.0, validator=number())  # latents are (z - shift) * scale
+    latent_scale: float = attrs.field(default=1.0, validator=number(0.0, None, lo_open=True))
+    head_patch: int = attrs.field(default=2, validator=number(1, None, integer=True))  # on the latent grid
     head_layers: int = attrs.field(default=4, validator=number(1, None, integer=True))
     head_heads: int = attrs.field(default=4, validator=number(1, None, integer=True))
     head_dim: int = attrs.field(default=32, validator=number(4, None, integer=True))
@@ -51,6 +57,10 @@ class TinyConfig:
         for width, heads, what in ((self.vision_hidden, self.vision_heads, "vision"), (self.text_hidden, self.text_heads, "text")):
             if width % heads:
                 raise ConfigError(f"TinyConfig.{what}_hidden ({width}) must be divisible by {what}_heads ({heads})")
+        down = 2 ** (len(self.vae_channels) - 1)
+        if self.image_size % (down * self.head_patch):
+            raise ConfigError(f"TinyConfig.image_size ({self.image_size}) must be a multiple of {down * self.head_patch} "
+                              f"(autoencoder down-sampling {down} x head_patch {self.head_patch})")
         if self.text_heads % self.text_kv_heads:
             raise ConfigError(f"TinyConfig.text_heads ({self.text_heads}) must be a multiple of text_kv_heads ({self.text_kv_heads})")
 
@@ -58,8 +68,14 @@ class TinyConfig:
     def num_image_tokens(self) -> int:
         return (self.image_size // self.patch_size) ** 2
 
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // 2 ** (len(self.vae_channels) - 1)
+
     def to_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self)
+        out = attrs.asdict(self)
+        out["vae_channels"] = list(self.vae_channels)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TinyConfig:

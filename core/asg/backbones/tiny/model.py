@@ -1,8 +1,9 @@
 """`tiny`: the embedded default backbone — a genuine unified model small enough for a laptop CPU.
 
 Understanding is a LLaVA-style transformers model (HF ``generate``, chat prompting, a real BPE
-tokenizer); generation is rectified flow in pixel space through a PixArt head conditioned on the LM's
-latent-query states; roles are peft LoRA adapters on the LM (the generator's also on the head).
+tokenizer); generation is rectified flow in the latent space of a small diffusers autoencoder, through
+a PixArt head conditioned on the LM's states of the prompt and latent queries; roles are peft LoRA
+adapters on the LM (the generator's also on the head). The autoencoder is frozen after pretraining.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from asg.backbones.hf import generate_with_stats, mean_pool, score_completions
 from asg.backbones.roles import RoleAdapters
 from asg.backbones.tiny import templates as T
 from asg.backbones.tiny.config import TinyConfig
-from asg.backbones.tiny.modules import FlowHead, build_vlm
+from asg.backbones.tiny.modules import FlowHead, build_vae, build_vlm
 from asg.backbones.tiny.tokenizer import EOS, IMAGE, PAD, chat, load_tokenizer
-from asg.errors import CapabilityError, ConfigError
+from asg.errors import CapabilityError, ConfigError, DataError
 from asg.protocol import Preset
 from asg.types import (
     ROLES,
@@ -67,6 +68,19 @@ def tensor_to_image(x: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr, "RGB")
 
 
+def _check_model_dir(directory: Path, *, shipped: bool) -> None:
+    """Fail early, naming what is missing and how to get it, instead of deep inside a loader."""
+    needed = ("config.json", "tokenizer.json", "model.safetensors")
+    if not directory.is_dir():
+        raise DataError(f"tiny model directory {directory} does not exist")
+    missing = [name for name in needed if not (directory / name).is_file()]
+    if missing:
+        how = ("the shipped weights are missing from this install; re-create them with "
+               f"`asg tiny pretrain --out {directory}`" if shipped else
+               "point --model at a directory written by `asg tiny pretrain` or `save_pretrained`")
+        raise DataError(f"tiny model directory {directory} lacks {', '.join(missing)}: {how}")
+
+
 class TinyBackbone(AdapterBackbone):
     """The embedded default backbone (see module docstring)."""
 
@@ -107,13 +121,15 @@ class TinyBackbone(AdapterBackbone):
             torch.manual_seed(seed)
             vlm = build_vlm(config, image_token_id=self.image_token_id, pad_token_id=self.pad_id, eos_token_id=self.eos_id)
             head = FlowHead(config)
-            self.net = nn.ModuleDict({"vlm": vlm, "gen": head}).to(dtype)
+            vae = build_vae(config)
+            self.net = nn.ModuleDict({"vlm": vlm, "gen": head, "vae": vae}).to(dtype)
         if state is not None:
             missing, unexpected = self.net.load_state_dict(dict(state), strict=False)
             missing = [k for k in missing if k not in self.tied_keys]
             if missing or unexpected:
                 raise ConfigError(f"tiny weights do not match the architecture: missing {missing[:5]}, unexpected {unexpected[:5]}")
         self.net.eval()
+        self.net["vae"].requires_grad_(False)  # trained only by the first phase of `asg tiny pretrain`
         self.adapters: RoleAdapters | None = None
         if adapters:
             self.net.requires_grad_(False)  # the base model is frozen; only role adapters train
@@ -122,7 +138,8 @@ class TinyBackbone(AdapterBackbone):
             lm = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, target_modules=_LM_TARGETS)
             gen_targets = f"({_LM_TARGETS})|({_HEAD_TARGETS})" if config.head_lora else _LM_TARGETS
             gen = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, target_modules=gen_targets)
-            with torch.device(self.device):
+            with torch.random.fork_rng(devices=[]), torch.device(self.device):
+                torch.manual_seed(seed + 1)  # adapter initialisation is part of what ``seed`` fixes
                 self.adapters = RoleAdapters(self.net, {"proposer": lm, "solver": lm, "generator": gen})
             self.net.eval()
         self._image_processor = self._make_image_processor()
@@ -145,8 +162,7 @@ class TinyBackbone(AdapterBackbone):
         if preset not in cls.presets:
             raise ConfigError(f"unknown tiny preset {preset!r}; valid presets: {', '.join(cls.presets)}")
         directory = Path(model) if model is not None else WEIGHTS_DIR
-        if model is not None and not directory.is_dir():
-            raise FileNotFoundError(f"tiny model directory {directory} does not exist")
+        _check_model_dir(directory, shipped=model is None)
         tokenizer = load_tokenizer(directory)
         config = TinyConfig.from_dict(json.loads((directory / "config.json").read_text()))
         state = None
@@ -218,7 +234,7 @@ class TinyBackbone(AdapterBackbone):
         with torch.no_grad():
             rows = generate_with_stats(
                 self.net["vlm"], inputs, params, eos_token_ids=[self.eos_id], pad_token_id=self.pad_id,
-                seed=seed, return_stats=return_stats,
+                seed=seed, return_stats=return_stats, suppress_token_ids=[self.image_token_id, self.pad_id],
             )
         return [
             Completion(text=self.tokenizer.decode(ids, skip_special_tokens=True), token_ids=ids, stats=stats,
@@ -251,8 +267,9 @@ class TinyBackbone(AdapterBackbone):
         )
 
     # -- images ------------------------------------------------------------------------------------
-    def _condition(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Last-layer LM states at the latent queries after each prompt, (B, Q, H)."""
+    def _condition(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Last-layer LM states of each prompt followed by the latent queries, (B, L+Q, H), and their
+        attention mask (B, L+Q): the head cross-attends to all of them."""
         for i, p in enumerate(prompts):
             if not isinstance(p, str) or not p.strip():
                 raise ValueError(f"prompts[{i}] must be a non-empty string, got {p!r}")
@@ -267,15 +284,31 @@ class TinyBackbone(AdapterBackbone):
         att = torch.cat([mask, torch.ones(B, Q, dtype=mask.dtype, device=self.device)], dim=1)
         pos = (att.cumsum(-1) - 1).clamp_min(0)
         hidden = lm(inputs_embeds=x, attention_mask=att, position_ids=pos).last_hidden_state
-        return hidden[:, -Q:]
+        return hidden, att
 
-    def _velocity(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, guidance: float) -> torch.Tensor:
+    def _velocity(self, x: torch.Tensor, t: torch.Tensor, cond: tuple[torch.Tensor, torch.Tensor], guidance: float) -> torch.Tensor:
         head = self.net["gen"]
+        states, mask = cond
         if guidance == 1.0:
-            return head(x, t, cond)
-        both = head(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, torch.zeros_like(cond)]))
+            return head(x, t, states, mask)
+        both = head(torch.cat([x, x]), torch.cat([t, t]), torch.cat([states, torch.zeros_like(states)]), torch.cat([mask, mask]))
         v_c, v_u = both.chunk(2)
         return v_u + guidance * (v_c - v_u)
+
+    # -- autoencoder ---------------------------------------------------------------------------------
+    def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Normalised latents (B, C, s, s) of images (the posterior mean; no gradient)."""
+        S = self.config.image_size
+        x = torch.stack([image_to_tensor(im, S) for im in images]).to(self.device, self._param_dtype())
+        with torch.no_grad():
+            z = self.net["vae"].encode(x).latent_dist.mode()
+        return (z - self.config.latent_shift) * self.config.latent_scale
+
+    def decode_latents(self, z: torch.Tensor) -> list[Image.Image]:
+        """Images of normalised latents (B, C, s, s)."""
+        with torch.no_grad():
+            x = self.net["vae"].decode(z.to(self.device, self._param_dtype()) / self.config.latent_scale + self.config.latent_shift).sample
+        return [tensor_to_image(xi) for xi in x]
 
     def generate_images(
         self,
@@ -285,7 +318,7 @@ class TinyBackbone(AdapterBackbone):
         num_steps: int | None = None,
         guidance: float | None = None,
     ) -> list[GeneratedImage]:
-        """Euler integration of the rectified flow from noise (t=1) to pixels (t=0), with CFG.
+        """Euler integration of the rectified flow from noise (t=1) to latents (t=0), with CFG, decoded.
 
         Image i starts from noise seeded by ``seed + i``, so it does not depend on the batch around it.
         """
@@ -296,10 +329,10 @@ class TinyBackbone(AdapterBackbone):
         if steps < 1 or g < 0:
             raise ValueError(f"num_steps must be >= 1 and guidance >= 0, got {steps} and {g}")
         base = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else int(seed)
-        S = self.config.image_size
+        C, s = self.config.latent_channels, self.config.latent_size
         noise = torch.stack([
-            torch.randn(3, S, S, generator=torch.Generator().manual_seed(base + i)) for i in range(len(prompts))
-        ]).to(self.device, self._param_dtype())  # (B, 3, S, S)
+            torch.randn(C, s, s, generator=torch.Generator().manual_seed(base + i)) for i in range(len(prompts))
+        ]).to(self.device, self._param_dtype())  # (B, C, s, s)
         with torch.no_grad():
             cond = self._condition(prompts)
             x = noise
@@ -308,8 +341,9 @@ class TinyBackbone(AdapterBackbone):
                 t = ts[i].expand(len(prompts)).to(self._param_dtype())
                 v = self._velocity(x, t, cond, g)
                 x = x + (ts[i + 1] - ts[i]) * v
+        images = self.decode_latents(x)
         return [
-            GeneratedImage(image=tensor_to_image(x[i]), prompt=p, seed=base + i,
+            GeneratedImage(image=images[i], prompt=p, seed=base + i,
                            trace=FlowTrace(noise=noise[i].float().cpu(), latents=x[i].float().cpu(), num_steps=steps, guidance=g))
             for i, p in enumerate(prompts)
         ]
@@ -322,7 +356,9 @@ class TinyBackbone(AdapterBackbone):
         *,
         seed: int | None = None,
     ) -> LossOutput:
-        """Weighted rectified-flow loss: x_t = (1-t)·x0 + t·ε, target velocity ε − x0, t ~ logit-normal.
+        """Weighted rectified-flow loss on latents: x_t = (1-t)·x0 + t·ε, target velocity ε − x0,
+        t ~ logit-normal; x0 = the target image's latents (real images are encoded, generated ones
+        bring theirs in the trace).
 
         Conditioning is dropped (zeroed) for ``cond_dropout`` of the samples, as in pretraining, so
         classifier-free guidance stays meaningful.
@@ -330,10 +366,11 @@ class TinyBackbone(AdapterBackbone):
         if len(prompts) != len(targets):
             raise ValueError(f"generator_loss got {len(prompts)} prompts but {len(targets)} targets")
         B = len(prompts)
-        S = self.config.image_size
+        real = [i for i, t in enumerate(targets) if not isinstance(t, GeneratedImage)]
+        encoded = dict(zip(real, self.encode_images([targets[i] for i in real]))) if real else {}
         x0 = torch.stack([
-            t.trace.latents if isinstance(t, GeneratedImage) else image_to_tensor(t, S) for t in targets
-        ]).to(self.device, self._param_dtype())  # (B, 3, S, S)
+            targets[i].trace.latents.to(self.device) if i not in encoded else encoded[i] for i in range(B)
+        ]).to(self.device, self._param_dtype())  # (B, C, s, s)
         w = torch.ones(B, device=self.device) if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=self.device)
         if w.shape != (B,):
             raise ValueError(f"weights must have shape ({B},), got {tuple(w.shape)}")
@@ -342,11 +379,11 @@ class TinyBackbone(AdapterBackbone):
         t = torch.sigmoid(torch.randn(B, generator=gen)).to(self.device, self._param_dtype())  # (B,)
         eps = torch.randn(x0.shape, generator=gen).to(self.device, self._param_dtype())
         keep = (torch.rand(B, generator=gen) >= self.config.cond_dropout).to(self.device)
-        cond = self._condition(prompts)
-        cond = cond * keep[:, None, None].to(cond.dtype)
+        states, mask = self._condition(prompts)
+        states = states * keep[:, None, None].to(states.dtype)  # dropped samples see zeros (the null condition)
         tt = t[:, None, None, None]
         x_t = (1 - tt) * x0 + tt * eps
-        pred = self.net["gen"](x_t, t, cond)
+        pred = self.net["gen"](x_t, t, states, mask)
         per_sample = ((pred.float() - (eps - x0).float()) ** 2).mean(dim=(1, 2, 3))  # (B,)
         loss = (w * per_sample).mean()
         return LossOutput(
@@ -389,6 +426,7 @@ class TinyBackbone(AdapterBackbone):
             "projector": vlm.model.multi_modal_projector,
             "language_model": vlm.model.language_model,
             "generation_head": self.net["gen"],
+            "autoencoder": self.net["vae"],
         }
 
 

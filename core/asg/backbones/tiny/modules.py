@@ -2,15 +2,16 @@
 
 - understanding: ``LlavaForConditionalGeneration`` = SigLIP vision tower -> MLP projector -> Qwen2 LM
   (each image is 64 tokens of one 8x8 patch each at 64x64 px);
-- generation: ``num_queries`` learned latent queries are appended to the prompt, run through the same
-  LM, and their last-layer states condition a ``PixArtTransformer2DModel`` over 64x64 RGB pixels (the
-  BLIP3o pattern, at toy scale).
+- generation: rectified flow in the latent space of a small ``AutoencoderKL`` (64x64x3 pixels <->
+  16x16x4 latents). ``num_queries`` learned latent queries are appended to the prompt and run through
+  the same LM; the last-layer states of the prompt *and* the queries condition a
+  ``PixArtTransformer2DModel`` (patch 2 on the latent grid) that predicts the flow velocity.
 
-The head predicts the *clean image* x0 and the velocity is derived from it (x-prediction, as in
-"Back to Basics: Let Denoising Generative Models Denoise", Li & He 2025): an 8x8x3 = 192-value pixel
-patch passes through a 128-wide token, and such a bottleneck can represent clean patches (flat colour
-and edges) but not the per-pixel noise that velocity- or noise-prediction must reproduce. Measured
-on this model: velocity-prediction left visible noise in every sample.
+Why latents: measured on this model, a pixel-space head with 8x8 patches produced fragments aligned
+to the patch grid, and 4x4 patches cost 4x the compute for blotchy shapes; the autoencoder's
+convolutional decoder draws crisp shapes (200/200 validation scenes re-detected exactly after 600
+training steps). Why the prompt states as well as the queries: with the queries alone the head
+learned to ignore the prompt.
 """
 
 from __future__ import annotations
@@ -47,13 +48,19 @@ def build_vlm(cfg: TinyConfig, *, image_token_id: int, pad_token_id: int, eos_to
     return model
 
 
-# Smallest t used to turn an x0 prediction into a velocity, v = (x_t - x0) / t: keeps the v-loss
-# weight 1/t^2 bounded near t = 0 (the JiT recipe).
-T_MIN = 0.05
+def build_vae(cfg: TinyConfig) -> nn.Module:
+    from diffusers import AutoencoderKL
+
+    n = len(cfg.vae_channels)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=cfg.vae_channels, layers_per_block=1,
+        latent_channels=cfg.latent_channels, norm_num_groups=8, sample_size=cfg.image_size,
+    )
 
 
 class FlowHead(nn.Module):
-    """Latent queries + a PixArt transformer predicting clean RGB pixels in [-1, 1] (x-prediction)."""
+    """Latent queries + a PixArt transformer predicting the rectified-flow velocity of latents."""
 
     def __init__(self, cfg: TinyConfig) -> None:
         super().__init__()
@@ -61,14 +68,14 @@ class FlowHead(nn.Module):
 
         self.queries = nn.Parameter(torch.randn(cfg.num_queries, cfg.text_hidden) * 0.02)  # (Q, H)
         self.transformer = PixArtTransformer2DModel(
-            num_attention_heads=cfg.head_heads, attention_head_dim=cfg.head_dim, in_channels=3, out_channels=3,
-            num_layers=cfg.head_layers, cross_attention_dim=cfg.head_heads * cfg.head_dim,
-            sample_size=cfg.image_size, patch_size=cfg.patch_size, caption_channels=cfg.text_hidden,
+            num_attention_heads=cfg.head_heads, attention_head_dim=cfg.head_dim, in_channels=cfg.latent_channels,
+            out_channels=cfg.latent_channels, num_layers=cfg.head_layers, cross_attention_dim=cfg.head_heads * cfg.head_dim,
+            sample_size=cfg.latent_size, patch_size=cfg.head_patch, caption_channels=cfg.text_hidden,
             norm_type="ada_norm_single", use_additional_conditions=False, norm_num_groups=1,
         )
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """Rectified-flow velocity (B, 3, S, S) at noisy pixels ``x_t`` = (1-t)·x0 + t·ε (B, 3, S, S),
-        time ``t`` in [0, 1] (B,), conditioning ``cond`` (B, Q, H)."""
-        x0 = self.transformer(x_t, encoder_hidden_states=cond, timestep=t * 1000.0, return_dict=False)[0]
-        return (x_t - x0) / t.clamp_min(T_MIN)[:, None, None, None]
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, cond_mask: torch.Tensor) -> torch.Tensor:
+        """Velocity ε − x0 (B, C, s, s) at noisy latents ``x_t`` = (1−t)·x0 + t·ε, time ``t`` in [0, 1]
+        (B,), conditioning states ``cond`` (B, L, H) with ``cond_mask`` (B, L) (1 = attend)."""
+        return self.transformer(x_t, encoder_hidden_states=cond, encoder_attention_mask=cond_mask,
+                                timestep=t * 1000.0, return_dict=False)[0]

@@ -1,9 +1,11 @@
 """`asg tiny pretrain`: train `tiny` from scratch on a small labeled ShapesWorld set, on CPU.
 
-One step = a batch of understanding examples (teacher-forced cross-entropy on the assistant turn,
-through the same ``score`` primitive the loop uses) + a batch of text-to-image pairs (the same
-``generator_loss`` the loop uses). AdamW, linear warm-up then cosine decay. Deterministic for a
-given seed, code version and thread count.
+Phase 1 trains the autoencoder on the labeled images (L1 + L2 reconstruction, a 1e-6 KL term) and
+fixes the latent normalisation. Phase 2 trains everything else, the autoencoder frozen: one step = a
+batch of understanding examples (teacher-forced cross-entropy on the assistant turn, through the same
+``score`` primitive the loop uses) + a batch of text-to-image pairs (the same ``generator_loss`` the
+loop uses). AdamW, linear warm-up then cosine decay. Deterministic for a given seed, code version and
+thread count.
 """
 
 from __future__ import annotations
@@ -15,22 +17,65 @@ import time
 from pathlib import Path
 from typing import Any
 
+import attrs
 import numpy as np
 import torch
 
 from asg.backbones.tiny.config import TinyConfig
-from asg.backbones.tiny.model import TinyBackbone
+from asg.backbones.tiny.model import TinyBackbone, image_to_tensor
 from asg.backbones.tiny.pretrain_config import PretrainConfig, config_from_args
 from asg.backbones.tiny.pretrain_data import LabeledSet, generation_example, tokenizer_corpus, understanding_example
 from asg.backbones.tiny.tokenizer import train_tokenizer
 from asg.progress import progress_bar
 
 
-def _lr(cfg: PretrainConfig, step: int) -> float:
-    if step <= cfg.warmup:
-        return cfg.lr * step / max(1, cfg.warmup)
-    frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+def _cosine(step: int, total: int, peak: float, warmup: int, floor: float) -> float:
+    if step <= warmup:
+        return peak * step / max(1, warmup)
+    frac = (step - warmup) / max(1, total - warmup)
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def train_autoencoder(backbone: TinyBackbone, data: LabeledSet, cfg: PretrainConfig) -> dict[str, Any]:
+    """Phase 1: fit the autoencoder to the labeled images, then set the latent shift/scale so the
+    flow head sees zero-mean unit-variance latents. Returns the loss history and a quality check."""
+    from asg.evaluation import scene_match_rate
+
+    vae = backbone.net["vae"]
+    vae.requires_grad_(True)
+    vae.train()
+    images = torch.stack([image_to_tensor(im, backbone.config.image_size) for im in data.images])  # (N, 3, S, S)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
+    rng = np.random.default_rng([cfg.seed, 5])
+    gen = torch.Generator().manual_seed(cfg.seed)
+    history = []
+    with progress_bar(total=cfg.vae_steps, desc="pretraining tiny: autoencoder") as bar:
+        for step in range(1, cfg.vae_steps + 1):
+            for group in opt.param_groups:
+                group["lr"] = _cosine(step, cfg.vae_steps, cfg.vae_lr, 50, 0.1)
+            x = images[torch.from_numpy(rng.integers(0, len(images), cfg.vae_batch))]
+            posterior = vae.encode(x).latent_dist
+            rec = vae.decode(posterior.sample(generator=gen)).sample
+            loss = (rec - x).abs().mean() + ((rec - x) ** 2).mean() + 1e-6 * posterior.kl().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            opt.step()
+            history.append({"step": step, "loss": loss.item()})
+            bar.set(loss=loss.item())
+            bar.update(1)
+    vae.eval()
+    vae.requires_grad_(False)
+    with torch.no_grad():
+        z = torch.cat([vae.encode(images[i:i + 256]).latent_dist.mode() for i in range(0, len(images), 256)])
+    backbone.config = attrs.evolve(backbone.config, latent_shift=float(z.mean()), latent_scale=float(1.0 / z.std()))
+    # quality: do validation scenes survive encode -> decode, as read by the ShapesWorld detector?
+    from asg.shapes import render, scene_for
+
+    val = [render(scene_for("val", cfg.seed, i), backbone.config.image_size) for i in range(100)]
+    recon = backbone.decode_latents(backbone.encode_images(val))
+    return {"history": history, "val_reconstruction_detected_exactly": scene_match_rate(val, recon),
+            "latent_shift": backbone.config.latent_shift, "latent_scale": backbone.config.latent_scale}
 
 
 def _quick_eval(backbone: TinyBackbone, cfg: PretrainConfig) -> dict[str, float]:
@@ -46,6 +91,25 @@ def _quick_eval(backbone: TinyBackbone, cfg: PretrainConfig) -> dict[str, float]
             **{f"val_geneval_{k}": v for k, v in gen["per_tag"].items()}}
 
 
+_LONG_TASKS = ("proposer", "spec")  # targets of ~80 tokens, against ~6 for an answer
+
+
+def _cross_entropy(backbone: TinyBackbone, examples: list[tuple[Any, str, str]]) -> torch.Tensor:
+    """Mean next-token NLL over all target tokens of ``examples`` (prompt, target, task).
+
+    Long-target tasks go in their own forward pass so short rows are not padded to their length; the
+    result is the same token-weighted mean a single batch would give.
+    """
+    groups = [[e for e in examples if (e[2] in _LONG_TASKS) == long] for long in (False, True)]
+    nll, tokens = 0.0, 0
+    for group in groups:
+        if group:
+            scored = backbone.score([e[0] for e in group], [e[1] for e in group], grad=True)
+            nll = nll - scored.logprobs[scored.mask].sum()
+            tokens += int(scored.mask.sum())
+    return nll / tokens
+
+
 def pretrain(cfg: PretrainConfig, out: Path) -> dict[str, Any]:
     """Train, then write config.json, tokenizer.json, model.safetensors and pretrain_report.json to ``out``."""
     out = Path(out)
@@ -57,8 +121,10 @@ def pretrain(cfg: PretrainConfig, out: Path) -> dict[str, Any]:
     tokenizer = train_tokenizer(tokenizer_corpus(cfg.seed), cfg.vocab_size)
     model_cfg = TinyConfig(vocab_size=len(tokenizer))
     backbone = TinyBackbone(model_cfg, tokenizer, adapters=False, seed=cfg.seed)
-    backbone.net.train()
     data = LabeledSet(cfg.scenes, cfg.seed, model_cfg.image_size)
+    autoencoder = train_autoencoder(backbone, data, cfg)
+    backbone.net.train()
+    backbone.net["vae"].eval()
     params = [p for p in backbone.net.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
@@ -68,15 +134,13 @@ def pretrain(cfg: PretrainConfig, out: Path) -> dict[str, Any]:
     history: list[dict[str, float]] = []
     evals: list[dict[str, float]] = []
     ema: dict[str, float] = {}
-    with progress_bar(total=cfg.steps, desc="pretraining tiny") as bar:
+    with progress_bar(total=cfg.steps, desc="pretraining tiny: all but the autoencoder") as bar:
         for step in range(1, cfg.steps + 1):
-            lr = _lr(cfg, step)
+            lr = _cosine(step, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio)
             for group in opt.param_groups:
                 group["lr"] = lr
             ex = [understanding_example(data, rng) for _ in range(cfg.batch_text)]
-            scored = backbone.score([e[0] for e in ex], [e[1] for e in ex], grad=True)
-            m = scored.mask.float()
-            ce = -(scored.logprobs * m).sum() / m.sum()
+            ce = _cross_entropy(backbone, ex)
             gen = [generation_example(data, rng) for _ in range(cfg.batch_image)]
             flow = backbone.generator_loss([g[0] for g in gen], [g[1] for g in gen], seed=cfg.seed * 1_000_003 + step).loss
             loss = ce + cfg.flow_weight * flow
@@ -99,7 +163,8 @@ def pretrain(cfg: PretrainConfig, out: Path) -> dict[str, Any]:
     backbone.save_pretrained(out)
     report = {
         "pretrain_config": cfg.to_dict(),
-        "model_config": model_cfg.to_dict(),
+        "model_config": backbone.config.to_dict(),
+        "autoencoder": {k: v for k, v in autoencoder.items() if k != "history"},
         "labeled_set": {"split": "pretrain", "scenes": cfg.scenes, "examples_seen": {
             "understanding": cfg.steps * cfg.batch_text, "text_to_image": cfg.steps * cfg.batch_image}},
         "parameters": sum(p.numel() for p in backbone.net.parameters()),
@@ -108,6 +173,7 @@ def pretrain(cfg: PretrainConfig, out: Path) -> dict[str, Any]:
                     "torch": torch.__version__},
         "evals": evals,
         "history": history,
+        "autoencoder_history": autoencoder["history"],
     }
     tmp = out / "pretrain_report.json.tmp"
     tmp.write_text(json.dumps(report, indent=1) + "\n")

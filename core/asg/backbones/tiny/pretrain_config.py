@@ -17,7 +17,10 @@ class PretrainConfig:
 
     seed: int = attrs.field(default=0, validator=number(0, None, integer=True))
     scenes: int = attrs.field(default=2000, validator=number(1, None, integer=True))  # labeled set size
-    steps: int = attrs.field(default=3000, validator=number(1, None, integer=True))
+    vae_steps: int = attrs.field(default=800, validator=number(1, None, integer=True))  # phase 1: autoencoder
+    vae_lr: float = attrs.field(default=1e-3, validator=number(0.0, 1.0, lo_open=True))
+    vae_batch: int = attrs.field(default=16, validator=number(1, None, integer=True))
+    steps: int = attrs.field(default=3000, validator=number(1, None, integer=True))  # phase 2: everything else
     batch_text: int = attrs.field(default=24, validator=number(1, None, integer=True))  # understanding examples/step
     batch_image: int = attrs.field(default=16, validator=number(1, None, integer=True))  # text-to-image pairs/step
     lr: float = attrs.field(default=1e-3, validator=number(0.0, 1.0, lo_open=True))

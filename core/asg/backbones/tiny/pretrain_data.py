@@ -100,6 +100,20 @@ def _options(qa: QA, rng: np.random.Generator) -> tuple[str, str]:
     return pair[0], pair[1]
 
 
+def _balanced_question(qas: list[QA], rng: np.random.Generator) -> QA:
+    """A question of a uniformly drawn type (among the types the scene has), then uniform within it.
+
+    Drawing uniformly over all questions would make ~half of them counts (a scene has one count
+    question per shape and colour) and starve colour, shape and existence questions.
+    """
+    by_type: dict[str, list[QA]] = {}
+    for qa in qas:
+        by_type.setdefault(qa.qtype, []).append(qa)
+    types = sorted(by_type)
+    pool = by_type[types[int(rng.integers(len(types)))]]
+    return pool[int(rng.integers(len(pool)))]
+
+
 def _distinct(qas: list[QA], k: int, rng: np.random.Generator) -> list[QA]:
     order = rng.permutation(len(qas))[:k]
     return [qas[i] for i in order]
@@ -111,7 +125,7 @@ def understanding_example(data: LabeledSet, rng: np.random.Generator, task: str 
     scene, image, qas = data.scenes[i], data.images[i], data.qas[i]
     task = task or TASKS[int(rng.choice(len(TASKS), p=[0.6, 0.15, 0.15, 0.10]))]
     if task == "vqa":
-        qa = qas[int(rng.integers(len(qas)))]
+        qa = _balanced_question(qas, rng)
         framing = 0 if rng.random() < 0.5 else int(rng.integers(1, len(T.SOLVER_FRAMINGS)))
         hint = None if rng.random() < 0.3 else int(rng.integers(len(T.FOCUS_HINTS)))
         return Prompt(T.solver_prompt(qa.question, framing, hint), image=image), T.ANSWER.format(answer=qa.answer), task

@@ -1,0 +1,38 @@
+"""The named recipes e1 … e7 (algorithm.md §8) as plain mappings over the E1 defaults.
+
+Pure data (no torch, no attrs classes) so that registering them costs nothing at ``asg plugins``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Each preset is a mapping over the E1 defaults. Parts of the reference that asg does not implement
+# (the imageless proposer and replay-only U-steps of E5, the gen-step solver/proposer updates of E6)
+# are named in the descriptions, so nobody mistakes the preset for the reference launcher.
+_EASY_ALL = {"rewards": {"difficulty": {"tau_easy": 1.0}}}
+PRESETS: dict[str, dict[str, Any]] = {
+    "e1": {"description": "main run: 3U:2G, solver + proposer + generator trained, tau_easy 0.85"},
+    "e2": {"description": "understanding only: 5U:0G, solver + proposer, tau_easy 1.00",
+           "schedule": {"understanding": 5, "generation": 0}, "generator": {"update": False}, **_EASY_ALL},
+    "e3": {"description": "generation only: 0U:5G, solver frozen as verifier, proposer not updated, tau_easy 1.00",
+           "schedule": {"understanding": 0, "generation": 5},
+           "solver": {"update": False}, "proposer": {"update": False}, **_EASY_ALL},
+    "e4": {"description": "3U:2G with the generator frozen (G-steps evaluate, nothing trains there)",
+           "generator": {"update": False}, **_EASY_ALL},
+    "e5": {"description": "2 bootstrap G-steps, then 2G:3U cycles (G first); the reference's imageless "
+                          "proposer and replay-only U-steps are not implemented: U-steps read the pool",
+           "schedule": {"bootstrap": 2, "order": "GU"}, **_EASY_ALL},
+    "e6": {"description": "generation only: 0U:5G with every role trainable; the reference's gen-step "
+                          "solver/proposer updates are not implemented, so only the generator trains",
+           "schedule": {"understanding": 0, "generation": 5}, **_EASY_ALL},
+    "e7": {"description": "stage-wise: U-only (5U:0G) for the first half of the steps, then G-only (0U:5G)",
+           "schedule": {"stagewise": True}, **_EASY_ALL},
+    "demo": {"description": "e1 scaled to the embedded tiny backbone on 2 CPU cores: a run of minutes, not "
+                            "10 000 steps, so learning rates 1e-4 instead of 1e-6; shorter generations",
+             "schedule": {"steps": 60},
+             "proposer": {"lr": 1e-4, "ask": {"max_new_tokens": 128}},
+             "solver": {"lr": 1e-4, "sample": {"max_new_tokens": 24}},
+             "generator": {"lr": 1e-4, "caption_max_new_tokens": 32, "spec_attempts": 2},
+             "run": {"checkpoint_every": 20, "sample_every": 10}},
+}

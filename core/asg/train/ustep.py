@@ -1,0 +1,222 @@
+"""The understanding step (U-step, algorithm.md §3): Ask, spot-check, Solve, reward, update.
+
+For one image:
+
+1. the Proposer writes K candidate questions (member 0 of its GRPO group) and ``extra_samples``
+   more outputs at a higher temperature (members 1…), each in one batched call;
+2. one greedy Solver pass per candidate measures its Solver Token Entropy (STE, §4); the pick is the
+   highest-STE candidate among the valid, objective, non-easy ones (§3.4, simplified: no shaping);
+3. the Solver answers the pick N = 7 times under Prompt-Perturbed Sampling (the greedy spot-check
+   answer is sample 0; the 6 perturbed samples come from one batched call, §3.5);
+4. the vote gives H_sc, the difficulty bucket, the Solver's and the Proposer's rewards (§3.7, §3.8);
+5. the Solver takes one REINFORCE + KL step over the N samples, each trained under the prompt it was
+   generated with (§3.9, quirk 2); the Proposer takes one clipped group-relative step (§3.10).
+
+Each extra group member is scored like member 0 but with 1 greedy + 3 perturbed Solver answers
+(its own STE included, so every member of the group is on the same reward scale — a deviation
+from the reference, whose extras had no STE term).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import torch
+
+from asg.rewards import (
+    ProposerCase,
+    SolverQuestion,
+    bucket_of,
+    proposer_rewards,
+    solver_rewards,
+    solver_token_entropy,
+    vote,
+)
+from asg.roles import Proposal, Proposer, Solver, SolverAnswers
+from asg.train.policy import mean_kl, score_policy
+from asg.train.updater import UpdateResult
+from asg.updates import group_advantages, grpo_loss, reinforce_loss
+
+EXTRA_INDICES = (0, 2, 3, 4)  # greedy + PPS samples 2-4 for the extra group members (§3.10)
+ALL_EASY_STE = 0.05  # "all candidates easy" also needs the best spot-check STE below this (§3.4)
+
+
+def _ste_raw(answers_or_sample: Any, cfg: Any) -> float:
+    ent = answers_or_sample.answer_entropies(cfg.first_k)
+    if ent is None or len(ent) == 0:
+        return 0.0
+    return solver_token_entropy(ent, answer_start=0, config=cfg).raw
+
+
+def _pick(proposal: Proposal, raws: list[float], quantiles: list[float], spot: list[str], desired: str) -> int | None:
+    """Index of the chosen candidate (§3.4): valid ∧ objective ∧ non-easy first, then looser tiers."""
+    certs = proposal.certificates
+    tiers = [
+        [i for i, c in enumerate(certs) if c.valid and c.objective.objective and spot[i] != "easy"],
+        [i for i, c in enumerate(certs) if c.valid and c.objective.objective],
+        [i for i, c in enumerate(certs) if c.valid],
+    ]
+    for tier in tiers:
+        if tier:
+            return max(tier, key=lambda i: (max(0.10, raws[i]) + (0.06 if spot[i] == desired else 0.0), raws[i]))
+    return None
+
+
+def _question_case(answers: SolverAnswers, state: Any, rcfg: Any, *, rejected: bool) -> tuple[Any, Any, SolverQuestion, bool]:
+    votes = vote(answers.labels, rcfg.consistency)
+    difficulty = bucket_of(votes, state.threshold, rcfg.difficulty)
+    parsed = [s.answer for s in answers.samples]
+    majority_sample = next(p for p in parsed if p.label == votes.majority)
+    low_info_majority = majority_sample.low_info or sum(p.low_info for p in parsed) >= len(parsed) / 2
+    question = SolverQuestion(
+        votes=votes, difficulty=difficulty,
+        pre_answer_words=tuple(p.extraction.words_before for p in parsed),
+        non_canonical=tuple(p.non_canonical for p in parsed), low_info=tuple(p.low_info for p in parsed),
+        low_info_majority=low_info_majority, rejected=rejected,
+    )
+    return votes, difficulty, question, low_info_majority
+
+
+def understanding_step(tr: Any, image: Any, step: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run one U-step on ``image``; returns (metrics record, rollout record)."""
+    recipe, bb, st = tr.recipe, tr.backbone, tr.state
+    rcfg = recipe.rewards
+    proposer, solver = Proposer(recipe.proposer.ask), Solver(recipe.solver.sample)
+    rng = random.Random(tr.seed_for(step, "hint"))
+    desired = st.target.hint(rng)
+    m: dict[str, Any] = {"difficulty.desired": desired}
+
+    # 1. Ask: member 0 and the extras, one call each (different temperatures)
+    main = proposer.propose(bb, [image], desired, seed=tr.seed_for(step, "propose"))[0]
+    extras: list[Proposal] = []
+    if recipe.proposer.update and recipe.proposer.extra_samples:
+        extras = proposer.propose(bb, [image], desired, samples_per_image=recipe.proposer.extra_samples,
+                                  temperature=recipe.proposer.ask.extra_temperature, seed=tr.seed_for(step, "extras"))
+    m.update({"proposer.n_candidates": len(main.candidates), "proposer.n_valid": len(main.valid_candidates),
+              "proposer.parse_fallback": float(main.parse.fallback)})
+
+    # 2. Spot-check every candidate with one greedy Solver pass (one batched call)
+    questions = [c.question for c in main.candidates]
+    spot = solver.greedy(bb, [image] * len(questions), questions, seed=tr.seed_for(step, "spot"))
+    raws = [_ste_raw(s, rcfg.ste) for s in spot]
+    quantiles = [st.ste.quantile(r) for r in raws]
+    spot_buckets = [st.ste.spot_bucket(q) for q in quantiles]
+    pick = _pick(main, raws, quantiles, spot_buckets, desired)
+    # §3.4: every candidate easy *and* even the best one nearly certain
+    all_easy = bool(spot_buckets) and all(b == "easy" for b in spot_buckets) and max(raws) < ALL_EASY_STE
+    m["proposer.all_candidates_easy"] = float(all_easy)
+
+    rollout: dict[str, Any] = {"proposer_output": main.completion.text, "candidates": questions,
+                               "spot_ste": raws, "spot_buckets": spot_buckets, "desired": desired}
+    if pick is None:  # nothing certifiable: the Proposer is penalised, the Solver has nothing to learn from
+        cases = [ProposerCase.unparsed(d_ste=0.0)]
+        member0 = proposer_rewards(cases, rcfg.proposer, tr.components("proposer"))
+        m.update({"proposer.reward": member0.values[0], "rejected": 1.0})
+        solver_result = tr.updaters["solver"].skip("no_valid_question") if recipe.solver.update else UpdateResult.skipped("disabled")
+        rollout.update({"question": None, "proposer_reward": member0.values[0]})
+        prop_result = _proposer_update(tr, step, image, [main, *extras], [member0.values[0]], extras_solver=solver, m=m)
+        _record(m, "solver", solver_result)
+        _record(m, "proposer", prop_result)
+        return m, rollout
+
+    chosen = main.candidates[pick]
+    cert = main.certificates[pick]
+    # 3. Solve: reuse the spot-check answer as greedy sample 0, six PPS samples in one call
+    answers = solver.answer(bb, [image], [chosen.question], greedy=[spot[pick]], seed=tr.seed_for(step, "solve"))[0]
+    rejected = not cert.objective.objective
+    votes, difficulty, squestion, low_info_majority = _question_case(answers, st, rcfg, rejected=rejected)
+    st.threshold.update(votes.h_sc)
+    st.target.observe(difficulty.bucket)
+    d_ste = float(st.ste.update(raws[pick]))  # the pick's STE joins the window (§3.6)
+
+    # 4. Rewards
+    case = ProposerCase(d_ste=d_ste, votes=votes, difficulty=difficulty, valid=cert.valid,
+                        objective=cert.objective.objective, low_info_majority=low_info_majority,
+                        tracks_disagree=answers.samples[0].label != votes.majority, all_candidates_easy=all_easy)
+    preward = proposer_rewards([case], rcfg.proposer, tr.components("proposer"))
+    sreward = solver_rewards([squestion], rcfg.solver, tr.components("solver"))[0]
+    m.update({"h_sc": votes.h_sc, "majority_fraction": votes.majority_fraction, "margin": votes.margin,
+              "info": votes.info, "difficulty.bucket": difficulty.bucket, "difficulty.threshold": difficulty.threshold,
+              "ste.raw": raws[pick], "ste.d_ste": d_ste, "ste.window": len(st.ste),
+              "proposer.reward": preward.values[0], "solver.reward_mean": sum(sreward.rewards) / len(sreward.rewards),
+              "solver.reward_raw_mean": sum(sreward.raw) / len(sreward.raw),
+              **{k if k.startswith("proposer.") else f"proposer.{k}": v for k, v in preward.diagnostics[0].items()}})
+    rollout.update({"question": chosen.question, "target": chosen.target, "options": list(chosen.options),
+                    "answers": [s.answer.text for s in answers.samples], "labels": list(answers.labels),
+                    "majority": votes.majority, "h_sc": votes.h_sc, "ste": raws[pick], "d_ste": d_ste,
+                    "bucket": difficulty.bucket, "solver_rewards": list(sreward.rewards),
+                    "proposer_reward": preward.values[0]})
+
+    # 5. Updates
+    if not recipe.solver.update:
+        solver_result = UpdateResult.skipped("disabled")
+    elif sreward.skip:
+        solver_result = tr.updaters["solver"].skip(f"gate:{sreward.skip_reason}")
+    else:
+        solver_result = _solver_update(tr, answers, list(sreward.rewards))
+    prop_result = _proposer_update(tr, step, image, [main, *extras], [preward.values[0]], extras_solver=solver, m=m)
+    _record(m, "solver", solver_result)
+    _record(m, "proposer", prop_result)
+    return m, rollout
+
+
+def _record(m: dict[str, Any], role: str, result: UpdateResult) -> None:
+    m[f"{role}.stepped"] = result.stepped
+    m[f"{role}.skip_reason"] = result.skip_reason
+    for k, v in result.diagnostics.items():
+        m[f"{role}.{k}"] = v
+
+
+def _solver_update(tr: Any, answers: SolverAnswers, rewards: list[float]) -> UpdateResult:
+    """REINFORCE + KL over the N samples, each under its own PPS prompt (§3.9, §5.1)."""
+    upd = tr.updaters["solver"]
+    adv = tr.state.solver_baseline.advantages(rewards)  # baseline read before each sample, then updated
+    passes = score_policy(tr.backbone, "solver", list(answers.prompts), list(answers.completions))
+    loss, diag = reinforce_loss(passes.logprobs, passes.mask, adv, kl=passes.kl, beta=upd.beta)
+    return upd.apply(loss, kl_mean=mean_kl(passes.kl, passes.mask), diagnostics={"adv_mean": float(adv.mean()),
+                                                                                 "baseline": tr.state.solver_baseline.value,
+                                                                                 "pg_loss": diag["pg_loss"]})
+
+
+def _member_reward(tr: Any, proposal: Proposal, answers: SolverAnswers | None) -> float:
+    """Reward of an extra group member: its first valid candidate answered with EXTRA_INDICES."""
+    rcfg, st = tr.recipe.rewards, tr.state
+    if answers is None:
+        case = ProposerCase.unparsed(d_ste=0.0)
+    else:
+        k = next(i for i, c in enumerate(proposal.candidates) if c.question == answers.question)
+        cert = proposal.certificates[k]
+        votes, difficulty, _, low_info_majority = _question_case(answers, st, rcfg, rejected=False)
+        raw = _ste_raw(answers.greedy, rcfg.ste) if answers.greedy is not None else 0.0
+        case = ProposerCase(d_ste=st.ste.quantile(raw) if raw > rcfg.ste.store_min else 0.0, votes=votes,
+                            difficulty=difficulty, valid=cert.valid, objective=cert.objective.objective,
+                            low_info_majority=low_info_majority,
+                            tracks_disagree=answers.samples[0].label != votes.majority)
+    return proposer_rewards([case], rcfg.proposer, tr.components("proposer")).values[0]
+
+
+def _proposer_update(tr: Any, step: int, image: Any, group: list[Proposal], rewards: list[float], *,
+                     extras_solver: Solver, m: dict[str, Any]) -> UpdateResult:
+    """Clipped group-relative step over member 0 and the extras (§3.10, §5.2; ratio vs. sampler, KL vs. reference)."""
+    recipe = tr.recipe
+    if not recipe.proposer.update:
+        return UpdateResult.skipped("disabled")
+    upd = tr.updaters["proposer"]
+    extras = group[1:]
+    picks = [next((c.question for c, cert in zip(p.candidates, p.certificates) if cert.valid), None) for p in extras]
+    asked = [(i, q) for i, q in enumerate(picks) if q is not None]
+    answered = extras_solver.answer(tr.backbone, [image] * len(asked), [q for _, q in asked], indices=EXTRA_INDICES,
+                                    seed=tr.seed_for(step, "extras_solve")) if asked else []
+    by_member = {i: a for (i, _), a in zip(asked, answered)}
+    rewards = rewards + [_member_reward(tr, p, by_member.get(i)) for i, p in enumerate(extras)]
+    m["proposer.group_rewards"] = rewards
+    if len(group) < 2:
+        return upd.skip("group_of_one")
+    adv = group_advantages(torch.tensor(rewards, dtype=torch.float32), recipe.proposer.grpo)
+    passes = score_policy(tr.backbone, "proposer", [p.prompt for p in group], [p.completion for p in group])
+    loss, diag = grpo_loss(passes.logprobs, passes.old_logprobs, adv, mask=passes.mask, kl=passes.kl,
+                           beta=upd.beta, config=recipe.proposer.grpo)
+    return upd.apply(loss, kl_mean=mean_kl(passes.kl, passes.mask),
+                     diagnostics={"clip_fraction": diag.get("clip_fraction", 0.0), "ratio_mean": diag.get("ratio_mean", 1.0),
+                                  "adv_std": float(adv.std()) if len(adv) > 1 else 0.0})
