@@ -107,6 +107,13 @@ class RewardOutput:
         return {k: math.fsum(v) / len(v) for k, v in sums.items()}
 
 
+def check_cases(cases: Sequence[Any], cls: type, name: str = "cases") -> None:
+    """Every entry of a role's batch is of that role's case type; the error names the first one that is not."""
+    for i, c in enumerate(cases):
+        if not isinstance(c, cls):
+            raise TypeError(f"{name}[{i}] must be a {cls.__name__}, got {type(c).__name__}")
+
+
 def combine(
     components: Sequence[RewardComponent],
     cases: Sequence[Any],

@@ -17,7 +17,7 @@ import attrs
 
 from asg._validate import number
 from asg.rewards._num import clip, flag
-from asg.rewards.components import RewardComponent, RewardOutput, combine
+from asg.rewards.components import RewardComponent, RewardOutput, check_cases, combine
 
 
 @attrs.frozen
@@ -80,9 +80,7 @@ def generation_rewards(
     components: Sequence[RewardComponent] = GENERATOR_COMPONENTS,
 ) -> RewardOutput:
     """total = spec_quality x clip(sum_c w_c s_c, 0, 1) per candidate; ``generator.best`` flags the argmax."""
-    for i, c in enumerate(cases):
-        if not isinstance(c, GenerationCase):
-            raise TypeError(f"cases[{i}] must be a GenerationCase, got {type(c).__name__}")
+    check_cases(cases, GenerationCase)
     weights = {c.name: c.weight for c in components}
     positive = sum(c.weight for c in components if c.enabled and c.weight > 0)
     if config.normalize_positive and positive > 0:

@@ -30,7 +30,7 @@ import attrs
 
 from asg._validate import number, one_of
 from asg.rewards._num import clip, flag, gauss
-from asg.rewards.components import RewardComponent, RewardOutput, combine
+from asg.rewards.components import RewardComponent, RewardOutput, check_cases, combine
 from asg.rewards.consistency import VoteStats
 from asg.rewards.difficulty import Difficulty
 
@@ -163,9 +163,7 @@ def proposer_rewards(
     components: Sequence[RewardComponent] = PROPOSER_COMPONENTS,
 ) -> RewardOutput:
     """The Proposer reward of each case in [-1, 1], with every term in the diagnostics."""
-    for i, c in enumerate(cases):
-        if not isinstance(c, ProposerCase):
-            raise TypeError(f"cases[{i}] must be a ProposerCase, got {type(c).__name__}")
+    check_cases(cases, ProposerCase)
     ste_on = any(c.name == STE_NAME and c.enabled for c in components)
     mode = config.ste_mode if ste_on else "off"
     run_config = config if mode == config.ste_mode else attrs.evolve(config, ste_mode=mode)

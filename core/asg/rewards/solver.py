@@ -25,7 +25,7 @@ import attrs
 
 from asg._validate import number
 from asg.rewards._num import clip, flag
-from asg.rewards.components import RewardComponent, combine
+from asg.rewards.components import RewardComponent, check_cases, combine
 from asg.rewards.consistency import VoteStats
 from asg.rewards.difficulty import Difficulty
 
@@ -165,11 +165,8 @@ def solver_rewards(
     components: Sequence[RewardComponent] = SOLVER_COMPONENTS,
 ) -> list[SolverReward]:
     """Per-answer rewards, soft weights and skip decision for each question of the batch."""
-    samples = []
-    for b, q in enumerate(questions):
-        if not isinstance(q, SolverQuestion):
-            raise TypeError(f"questions[{b}] must be a SolverQuestion, got {type(q).__name__}")
-        samples.extend(SolverSample(q, i) for i in range(q.votes.n))
+    check_cases(questions, SolverQuestion, "questions")
+    samples = [SolverSample(q, i) for q in questions for i in range(q.votes.n)]
     totals, comp_diags = combine(components, samples, config)
     out, k = [], 0
     for q in questions:
