@@ -123,7 +123,9 @@ def test_two_process_run(pool: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = _metrics(out)
     assert [r["phase"] for r in rows] == list("UGUG")
-    assert json.loads((out / "status.json").read_text())["state"] == "completed"
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "completed"
+    assert status["metrics"]["ranks_in_sync"] is True  # both ranks ended with bit-identical adapters
     assert json.loads((out / "config.json").read_text())["world_size"] == 2
     # each rank read its own image of the step (§2: indices[(s-1)·W + r])
     pool_ = ImagePool(pool, seed=load_recipe("demo").seed)

@@ -119,8 +119,29 @@ class Trainer:
             self._status("failed", step=self.step, steps_total=total, last_error=f"{type(exc).__name__}: {exc}")
             raise
         path = self.save()
+        sync = self._ranks_in_sync()
         self._status("completed", step=self.step, steps_total=total, steps_done=self.step,
-                              elapsed_sec=self.elapsed, last_checkpoint=str(path))
+                     elapsed_sec=self.elapsed, last_checkpoint=str(path), **sync)
+
+    def _ranks_in_sync(self) -> dict[str, Any]:
+        """With several ranks: whether every rank ended with bit-identical trainable weights (a hash
+        of each rank's tensors, gathered). Divergence would mean a missed collective; it is reported
+        in status.json and warned about, never silently kept."""
+        if self.dist.world_size == 1:
+            return {}
+        import hashlib
+        import warnings
+
+        h = hashlib.sha256()
+        for name, t in sorted(self.backbone.trainable_state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        digests = self.dist.gather_objects(h.hexdigest())
+        in_sync = len(set(digests)) == 1
+        if not in_sync:
+            warnings.warn(f"ranks ended with different trainable weights (hashes {digests}); "
+                          "only rank 0's checkpoint was saved", RuntimeWarning, stacklevel=2)
+        return {"ranks_in_sync": in_sync}
 
     def _status(self, state: str, **fields: Any) -> None:
         if self.dist.is_main:  # only rank 0 writes the run directory
