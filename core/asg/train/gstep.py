@@ -80,7 +80,7 @@ def generation_step(tr: Any, image: Any, step: int) -> tuple[dict[str, Any], dic
     if spec.quality < g.min_spec_quality or len(spec.qa) < g.min_qa:
         reason = "spec:low_quality" if spec.quality < g.min_spec_quality else "spec:few_qa"
         result = tr.updaters["generator"].skip(reason) if g.update else UpdateResult.skipped("disabled")
-        _record(m, result)
+        result.record_into(m, "generator")
         return m, rollout, []
 
     # 2. L candidates
@@ -125,7 +125,7 @@ def generation_step(tr: Any, image: Any, step: int) -> tuple[dict[str, Any], dic
     else:
         raise CapabilityError(f"backbone {bb.name!r} declares generation_kind={bb.generation_kind!r}; "
                               "asg trains 'flow', 'diffusion' or 'autoregressive' generators")
-    _record(m, result)
+    result.record_into(m, "generator")
     return m, rollout, [c.image for c in cands]
 
 
@@ -135,13 +135,6 @@ def _unit(x: float) -> float:
 
 def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else 0.0
-
-
-def _record(m: dict[str, Any], result: UpdateResult) -> None:
-    m["generator.stepped"] = result.stepped
-    m["generator.skip_reason"] = result.skip_reason
-    for k, v in result.diagnostics.items():
-        m[f"generator.{k}"] = v
 
 
 def _flow_update(tr: Any, step: int, prompt: str, image: Any, cands: list[Any], rewards: list[float]) -> UpdateResult:

@@ -26,7 +26,6 @@ from asg.rewards.config import RewardsConfig
 from asg.roles.generator import GateConfig, GeneratorConfig
 from asg.roles.proposer import ProposerConfig
 from asg.roles.solver import SolverConfig
-from asg.train.presets import PRESETS
 from asg.updates.flow import FlowConfig
 from asg.updates.grpo import GRPOConfig
 from asg.updates.kl import KLConfig
@@ -193,12 +192,6 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             cls = nxt
         node[path[-1]] = value
     return out
-
-
-def preset_names() -> list[str]:
-    from asg.plugins import get_host
-
-    return get_host().names("recipes")
 
 
 def recipe_mapping(name_or_path: str | Path) -> dict[str, Any]:

@@ -28,6 +28,13 @@ class UpdateResult:
     def skipped(cls, reason: str, **diagnostics: float) -> UpdateResult:
         return cls(False, reason, dict(diagnostics))
 
+    def record_into(self, metrics: dict[str, Any], role: str) -> None:
+        """Log this decision under ``role.*``: stepped, skip_reason and every diagnostic."""
+        metrics[f"{role}.stepped"] = self.stepped
+        metrics[f"{role}.skip_reason"] = self.skip_reason
+        for k, v in self.diagnostics.items():
+            metrics[f"{role}.{k}"] = v
+
 
 class RoleUpdater:
     """AdamW over one role's trainable parameters + its adaptive β."""

@@ -49,7 +49,7 @@ def _ste_raw(answers_or_sample: Any, cfg: Any) -> float:
     return solver_token_entropy(ent, answer_start=0, config=cfg).raw
 
 
-def _pick(proposal: Proposal, raws: list[float], quantiles: list[float], spot: list[str], desired: str) -> int | None:
+def _pick(proposal: Proposal, raws: list[float], spot: list[str], desired: str) -> int | None:
     """Index of the chosen candidate (§3.4): valid ∧ objective ∧ non-easy first, then looser tiers."""
     certs = proposal.certificates
     tiers = [
@@ -100,9 +100,8 @@ def understanding_step(tr: Any, image: Any, step: int) -> tuple[dict[str, Any], 
     questions = [c.question for c in main.candidates]
     spot = solver.greedy(bb, [image] * len(questions), questions, seed=tr.seed_for(step, "spot"))
     raws = [_ste_raw(s, rcfg.ste) for s in spot]
-    quantiles = [st.ste.quantile(r) for r in raws]
-    spot_buckets = [st.ste.spot_bucket(q) for q in quantiles]
-    pick = _pick(main, raws, quantiles, spot_buckets, desired)
+    spot_buckets = [st.ste.spot_bucket(st.ste.quantile(r)) for r in raws]
+    pick = _pick(main, raws, spot_buckets, desired)
     # §3.4: every candidate easy *and* even the best one nearly certain
     all_easy = bool(spot_buckets) and all(b == "easy" for b in spot_buckets) and max(raws) < ALL_EASY_STE
     m["proposer.all_candidates_easy"] = float(all_easy)
@@ -116,8 +115,8 @@ def understanding_step(tr: Any, image: Any, step: int) -> tuple[dict[str, Any], 
         solver_result = tr.updaters["solver"].skip("no_valid_question") if recipe.solver.update else UpdateResult.skipped("disabled")
         rollout.update({"question": None, "proposer_reward": member0.values[0]})
         prop_result = _proposer_update(tr, step, image, [main, *extras], [member0.values[0]], extras_solver=solver, m=m)
-        _record(m, "solver", solver_result)
-        _record(m, "proposer", prop_result)
+        solver_result.record_into(m, "solver")
+        prop_result.record_into(m, "proposer")
         return m, rollout
 
     chosen = main.candidates[pick]
@@ -156,16 +155,9 @@ def understanding_step(tr: Any, image: Any, step: int) -> tuple[dict[str, Any], 
     else:
         solver_result = _solver_update(tr, answers, list(sreward.rewards))
     prop_result = _proposer_update(tr, step, image, [main, *extras], [preward.values[0]], extras_solver=solver, m=m)
-    _record(m, "solver", solver_result)
-    _record(m, "proposer", prop_result)
+    solver_result.record_into(m, "solver")
+    prop_result.record_into(m, "proposer")
     return m, rollout
-
-
-def _record(m: dict[str, Any], role: str, result: UpdateResult) -> None:
-    m[f"{role}.stepped"] = result.stepped
-    m[f"{role}.skip_reason"] = result.skip_reason
-    for k, v in result.diagnostics.items():
-        m[f"{role}.{k}"] = v
 
 
 def _solver_update(tr: Any, answers: SolverAnswers, rewards: list[float]) -> UpdateResult:
@@ -179,13 +171,12 @@ def _solver_update(tr: Any, answers: SolverAnswers, rewards: list[float]) -> Upd
                                                                                  "pg_loss": diag["pg_loss"]})
 
 
-def _member_reward(tr: Any, proposal: Proposal, answers: SolverAnswers | None) -> float:
-    """Reward of an extra group member: its first valid candidate answered with EXTRA_INDICES."""
+def _member_reward(tr: Any, proposal: Proposal, k: int | None, answers: SolverAnswers | None) -> float:
+    """Reward of an extra group member: its candidate ``k`` (first valid) answered with EXTRA_INDICES."""
     rcfg, st = tr.recipe.rewards, tr.state
-    if answers is None:
+    if k is None or answers is None:
         case = ProposerCase.unparsed(d_ste=0.0)
     else:
-        k = next(i for i, c in enumerate(proposal.candidates) if c.question == answers.question)
         cert = proposal.certificates[k]
         votes, difficulty, _, low_info_majority = _question_case(answers, st, rcfg, rejected=False)
         raw = _ste_raw(answers.greedy, rcfg.ste) if answers.greedy is not None else 0.0
@@ -204,12 +195,13 @@ def _proposer_update(tr: Any, step: int, image: Any, group: list[Proposal], rewa
         return UpdateResult.skipped("disabled")
     upd = tr.updaters["proposer"]
     extras = group[1:]
-    picks = [next((c.question for c, cert in zip(p.candidates, p.certificates) if cert.valid), None) for p in extras]
-    asked = [(i, q) for i, q in enumerate(picks) if q is not None]
-    answered = extras_solver.answer(tr.backbone, [image] * len(asked), [q for _, q in asked], indices=EXTRA_INDICES,
+    picks = [next((k for k, cert in enumerate(p.certificates) if cert.valid), None) for p in extras]
+    asked = [i for i, k in enumerate(picks) if k is not None]
+    questions = [extras[i].candidates[picks[i]].question for i in asked]
+    answered = extras_solver.answer(tr.backbone, [image] * len(asked), questions, indices=EXTRA_INDICES,
                                     seed=tr.seed_for(step, "extras_solve")) if asked else []
-    by_member = {i: a for (i, _), a in zip(asked, answered)}
-    rewards = rewards + [_member_reward(tr, p, by_member.get(i)) for i, p in enumerate(extras)]
+    by_member = dict(zip(asked, answered))
+    rewards = rewards + [_member_reward(tr, p, picks[i], by_member.get(i)) for i, p in enumerate(extras)]
     m["proposer.group_rewards"] = rewards
     if len(group) < 2:
         return upd.skip("group_of_one")
