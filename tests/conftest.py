@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# The Triton kernels are tested on CPU through the interpreter; triton.jit reads this when
+# asg.kernels.triton_kernels is first imported. Set TRITON_INTERPRET=0 to test them on a GPU instead.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import importlib
 import sys
 import textwrap

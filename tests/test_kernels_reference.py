@@ -52,7 +52,7 @@ def test_ignore_index_and_out_of_range_targets() -> None:
     """Ignored rows get log-prob 0; a target outside [0, V) that is not ignore_index is an error."""
     out = token_stats(torch.zeros(2, 3), torch.tensor([-100, 1]))
     assert out.logprob[0].item() == 0.0 and out.logprob[1].item() == pytest.approx(-math.log(3), abs=1e-6)
-    with pytest.raises(ValueError, match="target id 3 at row 0 is outside the vocabulary"):
+    with pytest.raises(ValueError, match=r"target id 3 at row 0 \(flattened\) is outside the vocabulary"):
         token_stats(torch.zeros(1, 3), torch.tensor([3]))
 
 
@@ -68,8 +68,8 @@ def test_peaked_rows_have_no_cancellation() -> None:
     z = torch.zeros(1, 10)
     z[0, 0] = 40.0
     e = math.exp(-40.0)
-    expected = math.log(1 + 9 * e) + 9 * 40 * e / (1 + 9 * e)
-    assert token_stats(z).entropy.item() == pytest.approx(expected, rel=1e-3, abs=1e-12)
+    expected = math.log1p(9 * e) + 9 * 40 * e / (1 + 9 * e)  # 3.8e-17 + 1.53e-15 (log(1 + x) would drop the first)
+    assert token_stats(z).entropy.item() == pytest.approx(expected, rel=1e-4, abs=0)
 
 
 def test_matches_log_softmax_on_random_logits_and_chunks() -> None:
@@ -131,3 +131,95 @@ def test_bad_inputs_are_named() -> None:
         token_stats(torch.zeros(2, 3), temperature=0.0)
     with pytest.raises(ValueError, match="same shape"):
         token_kl(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+# -- autograd of the reference (hand-written backward) -----------------------------------------------
+
+
+def test_gradcheck_token_stats_float64() -> None:
+    """float64 gradcheck of entropy, log-prob and log-sum-exp through the hand-written backward, with a
+    temperature, a -inf entry (held fixed: it has no finite perturbation), an ignored row, and padded
+    vocabulary columns."""
+    torch.manual_seed(0)
+    z = torch.randn(4, 7, dtype=torch.float64)
+    z[1, 3] = -INF
+    finite = torch.isfinite(z)
+    x = z.clone().requires_grad_(True)
+
+    def stats(t: torch.Tensor, **kw: object):
+        def f(y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            s = token_stats(torch.where(finite, y, z), t, **kw)
+            return s.entropy, s.logprob, s.logsumexp
+        return f
+
+    assert torch.autograd.gradcheck(stats(torch.tensor([2, 0, -100, 6]), temperature=1.7), (x,), eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(stats(torch.tensor([2, 0, -100, 4]), vocab_size=5), (x,), eps=1e-6, atol=1e-6)
+
+
+def test_gradcheck_token_kl_float64() -> None:
+    torch.manual_seed(1)
+    p = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    q = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: token_kl(a, b, temperature=0.8), (p, q), eps=1e-6, atol=1e-6)
+
+
+def test_gradcheck_linear_token_stats_float64(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiles of 2 tokens x 4 vocabulary columns, so the recomputing backward crosses tile borders."""
+    import asg.kernels.reference as ref
+    from asg.kernels import linear_token_stats
+
+    monkeypatch.setattr(ref, "LINEAR_VOCAB_TILE", 4)
+    torch.manual_seed(2)
+    h = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(11, 3, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0, 9, -100, 4, 7])
+
+    def f(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        s = linear_token_stats(a, b, t, temperature=1.3, vocab_size=10, chunk_tokens=2)
+        return s.entropy, s.logprob, s.logsumexp
+
+    assert torch.autograd.gradcheck(f, (h, w), eps=1e-6, atol=1e-6)
+
+
+def test_linear_equals_stats_of_the_product(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiled over tokens and vocabulary, linear_token_stats gives token_stats(h @ W.T) field by field."""
+    import asg.kernels.reference as ref
+    from asg.kernels import linear_token_stats
+
+    monkeypatch.setattr(ref, "LINEAR_VOCAB_TILE", 16)
+    torch.manual_seed(3)
+    h = torch.randn(2, 9, 8)
+    w = torch.randn(50, 8)
+    w[17] = w[3]  # a duplicated row: tied logits in different tiles
+    t = torch.randint(0, 50, (2, 9))
+    a = linear_token_stats(h, w, t, chunk_tokens=4)
+    b = token_stats(h @ w.t(), t)
+    for f in ("entropy", "logprob", "logsumexp", "top1_logit", "top2_logit"):
+        torch.testing.assert_close(getattr(a, f), getattr(b, f), atol=1e-5, rtol=1e-5)
+    assert torch.equal(a.top1, b.top1)
+
+
+def test_nothing_of_size_tokens_x_vocab_is_saved_for_backward() -> None:
+    """The graph of linear_token_stats holds hidden, weight and per-token vectors only; token_stats
+    holds its input logits and per-token vectors (no softmax or log-prob copies)."""
+    from asg.kernels import linear_token_stats
+
+    N, D, V = 12, 8, 300
+    saved: list[int] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(t.numel())
+        return t
+
+    h = torch.randn(N, D, requires_grad=True)
+    w = torch.randn(V, D, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        s = linear_token_stats(h, w, torch.zeros(N, dtype=torch.long))
+    assert max(saved) == V * D and saved.count(V * D) == 1 and all(n in (N, N * D, V * D) for n in saved)
+    (s.entropy.sum() + s.logprob.sum()).backward()
+    assert h.grad is not None and w.grad is not None
+    saved.clear()
+    z = torch.randn(N, V, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        token_stats(z, torch.zeros(N, dtype=torch.long))
+    assert sorted(saved) == [N, N, N, N * V]

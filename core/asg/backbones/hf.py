@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from asg.kernels import token_stats
+from asg.kernels import linear_token_stats, token_stats
 from asg.types import SamplingParams, ScoreOutput, TokenStats
 
 
@@ -79,7 +79,7 @@ class StatsRecorder(LogitsProcessor):
 
     def __init__(self) -> None:
         self.rows: list[tuple[torch.Tensor, ...]] = []  # per step: (entropy, logprob, lse, top1, t1, t2) each (B,)
-        self._pending: torch.Tensor | None = None  # previous step's raw logits, (B, V) fp32
+        self._pending: torch.Tensor | None = None  # previous step's raw logits, (B, V)
 
     def _flush(self, chosen: torch.Tensor) -> None:
         assert self._pending is not None
@@ -90,7 +90,7 @@ class StatsRecorder(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self._pending is not None:
             self._flush(input_ids[:, -1])
-        self._pending = scores.detach().float().clone()
+        self._pending = scores.detach().clone()  # later processors edit scores in place; no upcast here
         return scores
 
     def finish(self, new_tokens: torch.Tensor) -> list[torch.Tensor]:
@@ -183,6 +183,21 @@ def generate_with_stats(
     return results
 
 
+def fused_head(model: Any) -> torch.nn.Linear | None:
+    """The LM head of ``model`` when token statistics can be computed from hidden states and its weight
+    (:func:`asg.kernels.linear_token_stats`): a bias-free ``nn.Linear`` after a ``model.model`` trunk,
+    with no logit scaling or soft-capping in the config. None means: use the logits."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if type(head) is not torch.nn.Linear or head.bias is not None or not isinstance(getattr(model, "model", None), torch.nn.Module):
+        return None
+    cfg = getattr(model, "config", None)
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    for name in ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale"):
+        if getattr(text, name, None) not in (None, 1, 1.0):
+            return None
+    return head
+
+
 def score_completions(
     model: Any,
     prompt_ids: Sequence[Sequence[int]],
@@ -196,9 +211,12 @@ def score_completions(
     """Teacher-forced statistics of ``completion_ids`` after ``prompt_ids`` (unpadded id lists).
 
     Rows are left-padded so every completion ends at the last position, and only the last
-    ``max completion length + 1`` positions go through the LM head (``logits_to_keep``): the
-    vocabulary projection of prompt positions is never computed. Output is right-padded (B, T).
-    ``model_inputs`` (e.g. ``pixel_values``) are passed to the model unchanged.
+    ``max completion length + 1`` positions go through the LM head: the vocabulary projection of
+    prompt positions is never computed. Without ``return_logits`` (and with a plain LM head, see
+    :func:`fused_head`) the statistics come from the trunk's hidden states and the head weight through
+    :func:`asg.kernels.linear_token_stats`, so no [tokens x vocab] logits are materialised, in the
+    forward or for the backward. Output is right-padded (B, T). ``model_inputs`` (e.g.
+    ``pixel_values``) are passed to the model unchanged.
     """
     if len(prompt_ids) != len(completion_ids):
         raise ValueError(f"got {len(prompt_ids)} prompts but {len(completion_ids)} completions")
@@ -215,15 +233,23 @@ def score_completions(
     n = torch.tensor([len(c) for c in completion_ids], device=device)
     n_max = int(n.max())
     pos = (att.cumsum(-1) - 1).clamp_min(0)  # positions restart at 0 after the padding, as in generate
+    k = torch.arange(n_max, device=device)
+    valid = k[None, :] < n[:, None]  # (B, n_max), right-padded
+    src = torch.where(valid, (n_max - n)[:, None] + k[None, :], torch.zeros_like(k)[None, :])
+    targets = torch.where(valid, full[:, L - n_max:].gather(1, src), torch.full_like(src, -100))
+    head = None if return_logits else fused_head(model)
+    logits = None
     with torch.set_grad_enabled(grad):
-        out = model(input_ids=full, attention_mask=att, position_ids=pos, logits_to_keep=n_max + 1, **model_inputs)
-        window = out.logits[:, :-1]  # (B, n_max, V): logits predicting the last n_max positions
-        k = torch.arange(n_max, device=device)
-        valid = k[None, :] < n[:, None]  # (B, n_max), right-padded
-        src = torch.where(valid, (n_max - n)[:, None] + k[None, :], torch.zeros_like(k)[None, :])
-        logits = window.gather(1, src[..., None].expand(-1, -1, window.shape[-1]))  # (B, n_max, V)
-        targets = torch.where(valid, full[:, L - n_max:].gather(1, src), torch.full_like(src, -100))
-        stats = token_stats(logits, targets, ignore_index=-100)
+        if head is not None:
+            out = model.model(input_ids=full, attention_mask=att, position_ids=pos, **model_inputs)
+            window = out.last_hidden_state[:, L - n_max - 1:L - 1]  # (B, n_max, H): states predicting the last n_max positions
+            hidden = window.gather(1, src[..., None].expand(-1, -1, window.shape[-1]))
+            stats = linear_token_stats(hidden, head.weight, targets, ignore_index=-100)
+        else:
+            out = model(input_ids=full, attention_mask=att, position_ids=pos, logits_to_keep=n_max + 1, **model_inputs)
+            window = out.logits[:, :-1]  # (B, n_max, V): logits predicting the last n_max positions
+            logits = window.gather(1, src[..., None].expand(-1, -1, window.shape[-1]))  # (B, n_max, V)
+            stats = token_stats(logits, targets, ignore_index=-100)
         entropy = torch.where(valid, stats.entropy, torch.zeros_like(stats.entropy))
     return ScoreOutput(logprobs=stats.logprob, entropy=entropy, mask=valid, logits=logits if return_logits else None)
 

@@ -76,14 +76,16 @@ class SteValue:
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Full-vocabulary entropy per row of raw logits (..., V) -> (...), float32, nats.
 
-    H = -sum_v p(v) ln max(p(v), 1e-12) with p = softmax(float32(logits)) (§4).
+    H = -sum_v p(v) ln p(v) with p = softmax(float32(logits)) (§4), computed by
+    :func:`asg.kernels.token_stats` (one pass, fused on GPU; -inf logits allowed).
     """
     import torch
 
+    from asg.kernels import token_stats
+
     if not isinstance(logits, torch.Tensor) or logits.ndim < 1:
         raise TypeError(f"logits must be a torch.Tensor with a vocabulary dimension, got {type(logits).__name__}")
-    p = torch.softmax(logits.float(), dim=-1)
-    return -(p * p.clamp_min(1e-12).log()).sum(-1)
+    return token_stats(logits).entropy
 
 
 def _as_ids(token_ids: Any, where: str) -> list[int]:

@@ -21,6 +21,7 @@ from asg.backbones.base import AdapterBackbone
 from asg.backbones.hf import generate_with_stats, mean_pool, score_completions
 from asg.backbones.roles import RoleAdapters
 from asg.errors import CapabilityError, ConfigError
+from asg.kernels import token_stats
 from asg.protocol import Preset
 from asg.types import ROLES, Completion, GeneratedImage, LossOutput, Prompt, SamplingParams, ScoreOutput, TokenTrace
 
@@ -174,9 +175,8 @@ class ToyARBackbone(AdapterBackbone):
         s = score_completions(self.net, [self._prompt_ids(p, draw=True) for p in prompts], tokens.tolist(),
                               pad_token_id=self.pad_id, grad=torch.is_grad_enabled(), return_logits=True)
         color_ids = self.color_ids.to(s.logits.device)
-        restricted = torch.log_softmax(s.logits[..., color_ids].float(), -1)  # (B, 64, 16)
         index = (tokens.to(color_ids.device)[..., None] == color_ids).float().argmax(-1)  # palette index per token
-        return restricted.gather(-1, index[..., None]).squeeze(-1)
+        return token_stats(s.logits[..., color_ids], index).logprob  # log-softmax over the 16 palette logits
 
     def image_token_logprobs(self, prompts: Sequence[str], traces: Sequence[TokenTrace]) -> torch.Tensor:
         """Exact log-probability of each trace's 64 image tokens (sum over tokens), (B,), differentiable."""

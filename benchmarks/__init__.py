@@ -1,0 +1,1 @@
+"""asg benchmark suites: ``python -m benchmarks <suite> [options]`` (``--help`` lists them)."""

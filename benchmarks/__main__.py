@@ -1,0 +1,29 @@
+"""``python -m benchmarks <suite> ...``: run one benchmark suite (``python -m benchmarks --help``)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# suite name -> (module, one-line description); each module has build_parser(parser) and run(args)
+SUITES = {
+    "kernels": ("benchmarks.kernels", "time and peak memory of asg.kernels vs eager PyTorch, torch.compile, Liger"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description="asg benchmark suites")
+    sub = parser.add_subparsers(dest="suite", metavar="SUITE", required=True)
+    for name, (module, help_text) in SUITES.items():
+        mod = importlib.import_module(module)
+        mod.build_parser(sub.add_parser(name, help=help_text, description=mod.__doc__.split("\n\n")[0]))
+    args = parser.parse_args(argv)
+    if getattr(args, "child", None):
+        return importlib.import_module(SUITES[args.suite][0]).main(sys.argv[2:])
+    importlib.import_module(SUITES[args.suite][0]).run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
