@@ -9,6 +9,7 @@ import sys
 # suite name -> (module, one-line description); each module has build_parser(parser) and run(args)
 SUITES = {
     "kernels": ("benchmarks.kernels", "time and peak memory of asg.kernels vs eager PyTorch, torch.compile, Liger"),
+    "shapes": ("benchmarks.shapes", "self-evolution of tiny on ShapesWorld: base vs evolved, full recipe and ablations"),
 }
 
 

@@ -248,9 +248,8 @@ def token_kl(
     _check_logits(logits_q, "logits_q")
     if logits_p.shape != logits_q.shape:
         raise ValueError(f"logits_p and logits_q must have the same shape, got {tuple(logits_p.shape)} and {tuple(logits_q.shape)}")
-    if logits_p.dtype != logits_q.dtype:
-        logits_q = logits_q.to(logits_p.dtype) if logits_p.dtype == torch.float64 else logits_q
-        logits_p = logits_p.to(logits_q.dtype) if logits_q.dtype == torch.float64 else logits_p
+    if torch.float64 in (logits_p.dtype, logits_q.dtype):  # fp64 anywhere: compute both in fp64
+        logits_p, logits_q = logits_p.double(), logits_q.double()
     T = _check_temperature(temperature)
     lead = tuple(logits_p.shape[:-1])
     V = logits_p.shape[-1]

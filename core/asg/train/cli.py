@@ -63,7 +63,8 @@ def run_train(args: Any) -> dict[str, Any]:
               "world_size": dist.world_size, "eval": args.eval}
     run = RunDir.create(out, config=config, resume=args.resume is not None) if dist.is_main else RunDir(out)
     before = after = None
-    if args.eval and args.resume is None and dist.is_main:
+    # eval_before=False (benchmark suites that measure the base once per seed) skips the first measurement
+    if args.eval and args.resume is None and dist.is_main and getattr(args, "eval_before", True):
         before = _evaluate(backbone, args, run.path / "eval_before")
     trainer = Trainer(backbone, recipe, pool, run, dist=dist)
     if args.resume is not None:
@@ -107,8 +108,10 @@ def _evaluate(backbone: Any, args: Any, out: Path) -> dict[str, Any]:
             done[phase] = i
             bar.update_to(done["vqa"] + done["geneval"])
 
-        results = evaluate_shapes(backbone, split="test", seed=args.eval_seed, questions=q, per_tag=per_tag, progress=report)
-    write_eval_report(results, out, title=f"held-out ShapesWorld ({out.name})")
+        # tuning reads the "val" split (eval_split, benchmark suites only); everything reported reads "test"
+        split = getattr(args, "eval_split", "test")
+        results = evaluate_shapes(backbone, split=split, seed=args.eval_seed, questions=q, per_tag=per_tag, progress=report)
+    write_eval_report(results, out, title=f"{'held-out' if split == 'test' else split} ShapesWorld ({out.name})")
     summary = {"vqa_accuracy": results["vqa"]["accuracy"], "geneval_mini": results["geneval_mini"]["overall"],
                "vqa_by_type": results["vqa"]["per_qtype"], "geneval_by_category": results["geneval_mini"]["per_tag"]}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -1,0 +1,244 @@
+"""ShapesWorld self-evolution suite: does the loop improve `tiny`, and which parts matter?
+
+    python -m benchmarks shapes --seeds 3                 # every variant, 3 seeds (hours on 2 CPU cores)
+    python -m benchmarks shapes --seeds 1 --variants full e2 e3
+    python -m benchmarks shapes --split val ...           # tuning: measure on the validation split
+    python -m benchmarks shapes --report                  # re-render table and plot from the saved results
+
+For each seed it writes an unlabeled ShapesWorld folder (``pool`` split, disjoint from the held-out
+scenes), measures the shipped `tiny` base once on the evaluation split, and for each variant runs the
+loop from that base (recipe ``demo`` plus the variant's overrides) and measures the evolved model:
+VQA accuracy (overall and per question type) and GenEval-mini (overall and per category), percent.
+
+Variants (the full recipe and one ablation each):
+
+- ``full``: recipe ``demo`` (E1 scaled to a CPU);
+- ``no_ste``: the proposer reward from self-consistency only (component ``proposer.ste`` off);
+- ``no_sc``: no Prompt-Perturbed Sampling, a single Solver answer (``solver.sample.n = 1``);
+- ``no_fidelity``: the generator reward without QA fidelity (``generator.qa_fidelity`` off);
+- ``no_cycle``: the generator reward without cycle consistency (``generator.cycle_consistency`` off);
+- ``e2``: understanding only (5U:0G, generator not updated);
+- ``e3``: generation only (0U:5G, solver and proposer frozen).
+
+Every finished (seed, variant) is saved under ``--work`` at once, so an interrupted suite resumes where
+it stopped. Results: ``benchmarks/results/shapes[-<split>].json`` shaped
+``{variant: {metric: {"base": [per seed], "evolved": [per seed]}}}``, a markdown table (mean ± std of
+the gain over seeds) and a plot beside it; run metadata (command, machine, runtime) in ``_meta``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+
+# variant -> (recipe overrides on top of "demo", description)
+_E2 = ["schedule.understanding=5", "schedule.generation=0", "generator.update=false",
+       "rewards.difficulty.tau_easy=1.0"]
+_E3 = ["schedule.understanding=0", "schedule.generation=5", "solver.update=false", "proposer.update=false",
+       "rewards.difficulty.tau_easy=1.0"]
+VARIANTS: dict[str, tuple[list[str], str]] = {
+    "full": ([], "recipe demo (E1 scaled to a CPU)"),
+    "no_ste": (["rewards.components.proposer.ste.enabled=false"], "proposer reward from self-consistency only"),
+    "no_sc": (["solver.sample.n=1"], "no PPS: a single Solver answer per question"),
+    "no_fidelity": (["rewards.components.generator.qa_fidelity.enabled=false"], "no QA-fidelity reward"),
+    "no_cycle": (["rewards.components.generator.cycle_consistency.enabled=false"], "no cycle-consistency reward"),
+    "e2": (_E2, "understanding only (5U:0G)"),
+    "e3": (_E3, "generation only (0U:5G, solver and proposer frozen)"),
+}
+SIZES = {"full": {"images": 400, "steps": 60, "questions": 500, "per_tag": 10}}
+
+
+def _metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """Flat percent metrics of one evaluation summary (as written by ``asg train --eval shapes``)."""
+    out = {"vqa_accuracy": float(summary["vqa_accuracy"]), "geneval_mini": float(summary["geneval_mini"])}
+    out.update({f"vqa_{k}": float(v) for k, v in summary["vqa_by_type"].items()})
+    out.update({f"geneval_{k}": float(v) for k, v in summary["geneval_by_category"].items()})
+    return out
+
+
+def _evaluate_base(args: argparse.Namespace, seed: int, out: Path) -> dict[str, float]:
+    from asg.backbones.tiny.model import TinyBackbone
+    from asg.train.cli import _evaluate
+
+    ns = argparse.Namespace(eval_questions=args.questions, eval_per_tag=args.per_tag, eval_seed=seed,
+                            eval_split=args.split)
+    return _metrics(_evaluate(TinyBackbone.load(), ns, out))
+
+
+def _run_variant(args: argparse.Namespace, seed: int, variant: str, pool: Path, out: Path) -> dict[str, float]:
+    from asg.train.cli import run_train
+
+    overrides, _ = VARIANTS[variant]
+    ns = argparse.Namespace(
+        backbone="tiny", preset=None, model=None, device="cpu", adapters=None, images=pool, recipe="demo",
+        set=[f"seed={seed}", *overrides, *(args.set or [])], steps=args.steps, out=out, resume=None, eval="shapes",
+        eval_questions=args.questions, eval_per_tag=args.per_tag, eval_seed=seed, eval_split=args.split,
+        eval_before=False,
+    )
+    summary = run_train(ns)
+    return _metrics(json.loads((Path(summary["run"]) / "eval_after" / "summary.json").read_text()))
+
+
+def _cached(path: Path, make: Any) -> dict[str, float]:
+    """The metrics saved at ``path``, or ``make()`` saved there (write-then-rename: a crash loses nothing)."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    value = make()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=1) + "\n")
+    tmp.replace(path)
+    return value
+
+
+def collect(args: argparse.Namespace) -> dict[str, Any]:
+    from asg.shapes import write_unlabeled_folder
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, dict[str, list[float]]]] = {}
+    t0 = time.time()
+    for seed in range(args.seeds):
+        sdir = work / f"seed{seed}"
+        sdir.mkdir(exist_ok=True)
+        pool = sdir / "pool"
+        if not (pool.is_dir() and len(list(pool.glob("*.png"))) == args.images):
+            write_unlabeled_folder(pool, n=args.images, seed=1000 + seed, split="pool")
+        print(f"[shapes] seed {seed}: base on the {args.split} split", flush=True)
+        base = _cached(sdir / "base.json", lambda: _evaluate_base(args, seed, sdir / "eval_base"))
+        for variant in args.variants:
+            print(f"[shapes] seed {seed}: variant {variant} ({time.time() - t0:.0f} s so far)", flush=True)
+            evolved = _cached(sdir / f"{variant}.json",
+                              lambda: _run_variant(args, seed, variant, pool, sdir / f"run-{variant}"))
+            per = results.setdefault(variant, {})
+            for metric, value in evolved.items():
+                per.setdefault(metric, {"base": [], "evolved": []})
+                per[metric]["base"].append(base.get(metric, float("nan")))
+                per[metric]["evolved"].append(value)
+    results["_meta"] = {  # type: ignore[assignment]
+        "command": "python -m benchmarks shapes " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["shapes"] else sys.argv[1:]),
+        "seeds": args.seeds, "variants": list(args.variants), "split": args.split, "steps": args.steps,
+        "images": args.images, "questions": args.questions, "per_tag": args.per_tag,
+        "seconds_this_invocation": round(time.time() - t0, 1),
+        "machine": f"{platform.processor() or platform.machine()}, {_threads()} threads, Python {platform.python_version()}",
+        "descriptions": {v: VARIANTS[v][1] for v in args.variants},
+    }
+    return results
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def table(results: dict[str, Any]) -> str:
+    """Markdown: per variant, base and evolved (mean ± std over seeds) and the gain, for the two headline
+    metrics and every per-type / per-category metric."""
+    lines = ["| variant | metric | base | evolved | gain | gain > 2 std |", "|---|---|---:|---:|---:|:---:|"]
+    for variant, per in results.items():
+        if variant.startswith("_"):
+            continue
+        order = ["vqa_accuracy", "geneval_mini"] + sorted(k for k in per if k not in ("vqa_accuracy", "geneval_mini"))
+        for metric in order:
+            b, e = per[metric]["base"], per[metric]["evolved"]
+            gains = [y - x for x, y in zip(b, e)]
+            (bm, bs), (em, es), (gm, gs) = _mean_std(b), _mean_std(e), _mean_std(gains)
+            sig = "yes" if len(gains) > 1 and gm > 2 * gs else ("no" if len(gains) > 1 else "n/a (1 seed)")
+            name = f"**{metric}**" if metric in ("vqa_accuracy", "geneval_mini") else metric
+            lines.append(f"| {variant} | {name} | {bm:.1f} ± {bs:.1f} | {em:.1f} ± {es:.1f} | {gm:+.1f} ± {gs:.1f} | {sig} |")
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Gain (evolved - base) per variant for VQA accuracy and GenEval-mini, mean ± std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = [v for v in results if not v.startswith("_")]
+    split = results.get("_meta", {}).get("split", "test")
+    vqa_title = "held-out VQA accuracy" if split == "test" else f"VQA accuracy ({split} split)"
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
+    for ax, metric, title in zip(axes, ("vqa_accuracy", "geneval_mini"), (vqa_title, "GenEval-mini overall")):
+        stats = [_mean_std([e - b for b, e in zip(results[v][metric]["base"], results[v][metric]["evolved"])]) for v in variants]
+        ax.bar(variants, [m for m, _ in stats], yerr=[s for _, s in stats], capsize=4,
+               color=["#2b6cb0" if v == "full" else "#a0aec0" for v in variants])
+        ax.axhline(0, color="black", lw=0.8)
+        ax.axhline(5, color="#c53030", lw=0.8, ls="--", label="target +5")
+        ax.set_title(f"{title}: gain over the base (points)")
+        ax.tick_params(axis="x", rotation=30)
+        ax.legend(loc="upper right", fontsize=8)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _paths(args: argparse.Namespace) -> Path:
+    if args.out:
+        return Path(args.out)
+    return RESULTS / ("shapes.json" if args.split == "test" else f"shapes-{args.split}.json")
+
+
+def write(results: dict[str, Any], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1) + "\n")
+    tmp.replace(out)
+    meta = results.get("_meta", {})
+    text = table(results)
+    out.with_suffix(".md").write_text(
+        f"# ShapesWorld self-evolution ({meta.get('split', 'test')} split)\n\n`{meta.get('command', '')}`\n\n{text}\n")
+    plot(results, out.with_suffix(".png"))
+    print(text)
+    print(f"\nwrote {out}, {out.with_suffix('.md')} and {out.with_suffix('.png')}")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    out = _paths(args)
+    if args.report:
+        if not out.is_file():
+            raise SystemExit(f"--report: no results at {out}; run the suite first")
+        results = json.loads(out.read_text())
+    else:
+        results = collect(args)
+    write(results, out)
+    return results
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="python -m benchmarks shapes", description=__doc__.split("\n\n")[0])
+    d = SIZES["full"]
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), help="default: all")
+    p.add_argument("--split", choices=("test", "val"), default="test", help="evaluation split (tune on val only)")
+    p.add_argument("--steps", type=int, default=d["steps"], help=f"loop steps per run (default {d['steps']})")
+    p.add_argument("--images", type=int, default=d["images"], help=f"unlabeled pool size (default {d['images']})")
+    p.add_argument("--questions", type=int, default=d["questions"], help="VQA questions per evaluation")
+    p.add_argument("--per-tag", type=int, default=d["per_tag"], help="GenEval-mini prompts per category")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra recipe override for every variant")
+    p.add_argument("--work", default="runs/benchmarks/shapes", help="run directories and per-run results (resumable)")
+    p.add_argument("--out", help="result file (default benchmarks/results/shapes[-val].json)")
+    p.add_argument("--report", action="store_true", help="re-render table and plot from the saved results only")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    run(build_parser().parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

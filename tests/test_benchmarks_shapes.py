@@ -1,0 +1,51 @@
+"""The ShapesWorld self-evolution suite runs end to end at toy size, writes the promised JSON shape,
+resumes from its saved runs, and re-renders from the saved results (not a measurement)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _suite(*extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "benchmarks", "shapes", *extra], capture_output=True, text=True,
+                          cwd=ROOT, timeout=900)
+
+
+def test_shapes_suite_end_to_end_resume_and_report(tmp_path: Path) -> None:
+    out, work = tmp_path / "shapes.json", tmp_path / "work"
+    args = ["--seeds", "1", "--variants", "full", "e3", "--steps", "1", "--images", "6", "--questions", "5",
+            "--per-tag", "1", "--split", "val", "--work", str(work), "--out", str(out)]
+    proc = _suite(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert set(results) == {"full", "e3", "_meta"} and results["_meta"]["split"] == "val"
+    for variant in ("full", "e3"):
+        for metric in ("vqa_accuracy", "geneval_mini", "vqa_count", "geneval_counting"):
+            cell = results[variant][metric]
+            assert len(cell["base"]) == len(cell["evolved"]) == 1 and 0.0 <= cell["evolved"][0] <= 100.0
+    # the base is measured once per seed: every variant reports the same base values
+    assert results["full"]["vqa_accuracy"]["base"] == results["e3"]["vqa_accuracy"]["base"]
+    # step 1 of the full recipe is a U-step, so its generator is untouched; e3's step 1 trains it
+    assert results["full"]["geneval_mini"]["evolved"] == results["full"]["geneval_mini"]["base"]
+    assert (work / "seed0" / "run-e3" / "eval_after" / "summary.json").is_file()
+    assert not (work / "seed0" / "run-e3" / "eval_before").exists()
+    assert out.with_suffix(".png").stat().st_size > 10_000 and "| full | **vqa_accuracy** |" in out.with_suffix(".md").read_text()
+    # a second invocation reuses every saved result (nothing is retrained) and gives the same numbers
+    before = (work / "seed0" / "e3.json").stat().st_mtime_ns
+    again = _suite(*args)
+    assert again.returncode == 0 and (work / "seed0" / "e3.json").stat().st_mtime_ns == before
+    assert {k: v for k, v in json.loads(out.read_text()).items() if k != "_meta"} == \
+        {k: v for k, v in results.items() if k != "_meta"}
+    # --report re-renders from the saved file only
+    out.with_suffix(".md").unlink()
+    assert _suite("--report", "--out", str(out)).returncode == 0 and out.with_suffix(".md").is_file()
+
+
+def test_shapes_report_without_results_is_a_clear_error(tmp_path: Path) -> None:
+    proc = _suite("--report", "--out", str(tmp_path / "none.json"))
+    assert proc.returncode != 0 and "no results at" in proc.stderr
