@@ -259,8 +259,9 @@ def kl_backward(
     dtype = compute_dtype(logits_p)
     gp = torch.empty_like(logits_p) if need_p else None
     gq = torch.empty_like(logits_q) if need_q else None
-    for start in range(0, N, rows_per_chunk(2 * V)):
-        stop = min(N, start + rows_per_chunk(2 * V))
+    step = rows_per_chunk(2 * V)
+    for start in range(0, N, step):
+        stop = min(N, start + step)
         zp = _scaled(logits_p[start:stop], temperature, vocab_limit, dtype)
         zq = _scaled(logits_q[start:stop], temperature, vocab_limit, dtype)
         k = kl[start:stop].to(dtype)
@@ -352,13 +353,12 @@ def linear_stats_backward(
     N, D = hidden.shape
     dtype = compute_dtype(hidden)
     gd = gemm_dtype or dtype
-    step, width = linear_tiles(N, vocab_limit, hidden.shape[1], chunk_tokens)
-    g_h = torch.empty(hidden.shape, dtype=dtype, device=hidden.device) if need_hidden else None
+    step, width = linear_tiles(N, vocab_limit, D, chunk_tokens)
+    g_h = torch.zeros(hidden.shape, dtype=dtype, device=hidden.device) if need_hidden else None
     g_w = torch.zeros(weight.shape, dtype=dtype, device=weight.device) if need_weight else None
     for start in range(0, N, step):
         sl = slice(start, min(N, start + step))
         h = hidden[sl].to(gd)
-        acc_h = torch.zeros(h.shape, dtype=dtype, device=hidden.device)
         for col0 in range(0, vocab_limit, width):
             w = weight[col0:min(vocab_limit, col0 + width)].to(gd)
             z = (h @ w.t()).to(dtype)
@@ -367,10 +367,8 @@ def linear_stats_backward(
             g = _grad_tile(z, col0, *_rows(sl, target, lse, entropy, g_entropy, g_logprob, g_lse), ignore_index,
                            temperature).to(gd)
             if g_h is not None:
-                acc_h += (g @ w).to(dtype)
+                g_h[sl] += (g @ w).to(dtype)
             if g_w is not None:
                 g_w[col0:col0 + w.shape[0]] += (g.t() @ h).to(dtype)
-        if g_h is not None:
-            g_h[sl] = acc_h
     return (g_h.to(hidden.dtype) if g_h is not None else None,
             g_w.to(weight.dtype) if g_w is not None else None)
