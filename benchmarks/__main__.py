@@ -9,6 +9,7 @@ import sys
 # suite name -> (module, one-line description); each module has build_parser(parser) and run(args)
 SUITES = {
     "kernels": ("benchmarks.kernels", "time and peak memory of asg.kernels vs eager PyTorch, torch.compile, Liger"),
+    "consistency": ("benchmarks.consistency", "how much self-consistency can teach: greedy vs majority-of-N accuracy"),
     "shapes": ("benchmarks.shapes", "self-evolution of tiny on ShapesWorld: base vs evolved, full recipe and ablations"),
 }
 

@@ -57,11 +57,28 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
 SIZES = {"full": {"images": 400, "steps": 60, "questions": 500, "per_tag": 10}}
 
 
-def _metrics(summary: dict[str, Any]) -> dict[str, float]:
-    """Flat percent metrics of one evaluation summary (as written by ``asg train --eval shapes``)."""
+def top_answer_shares(samples: list[dict[str, Any]]) -> dict[str, float]:
+    """Per question type, the percent of questions answered with that type's single most frequent
+    (normalised) prediction: 100 means the model gives one answer whatever the image. A VQA gain that
+    comes with this share rising toward 100 is a shift of the answer prior, not better seeing."""
+    from collections import Counter
+
+    from asg.shapes.answers import normalize_answer
+
+    by_type: dict[str, Counter[str]] = {}
+    for s in samples:
+        by_type.setdefault(s["qtype"], Counter())[normalize_answer(s["prediction"], s["qtype"])] += 1
+    return {f"vqa_{t}_top_answer_share": 100.0 * c.most_common(1)[0][1] / sum(c.values()) for t, c in by_type.items()}
+
+
+def _metrics(summary: dict[str, Any], results: Path | None = None) -> dict[str, float]:
+    """Flat percent metrics of one evaluation summary (as written by ``asg train --eval shapes``), plus the
+    top-answer shares from the evaluation's ``results.json`` beside it when given."""
     out = {"vqa_accuracy": float(summary["vqa_accuracy"]), "geneval_mini": float(summary["geneval_mini"])}
     out.update({f"vqa_{k}": float(v) for k, v in summary["vqa_by_type"].items()})
     out.update({f"geneval_{k}": float(v) for k, v in summary["geneval_by_category"].items()})
+    if results is not None and results.is_file():
+        out.update(top_answer_shares(json.loads(results.read_text())["vqa"]["samples"]))
     return out
 
 
@@ -71,7 +88,7 @@ def _evaluate_base(args: argparse.Namespace, seed: int, out: Path) -> dict[str, 
 
     ns = argparse.Namespace(eval_questions=args.questions, eval_per_tag=args.per_tag, eval_seed=seed,
                             eval_split=args.split)
-    return _metrics(_evaluate(TinyBackbone.load(), ns, out))
+    return _metrics(_evaluate(TinyBackbone.load(), ns, out), out / "results.json")
 
 
 def _run_variant(args: argparse.Namespace, seed: int, variant: str, pool: Path, out: Path) -> dict[str, float]:
@@ -85,7 +102,8 @@ def _run_variant(args: argparse.Namespace, seed: int, variant: str, pool: Path, 
         eval_before=False,
     )
     summary = run_train(ns)
-    return _metrics(json.loads((Path(summary["run"]) / "eval_after" / "summary.json").read_text()))
+    after = Path(summary["run"]) / "eval_after"
+    return _metrics(json.loads((after / "summary.json").read_text()), after / "results.json")
 
 
 def _cached(path: Path, make: Any) -> dict[str, float]:

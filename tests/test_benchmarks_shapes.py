@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -28,6 +30,8 @@ def test_shapes_suite_end_to_end_resume_and_report(tmp_path: Path) -> None:
         for metric in ("vqa_accuracy", "geneval_mini", "vqa_count", "geneval_counting"):
             cell = results[variant][metric]
             assert len(cell["base"]) == len(cell["evolved"]) == 1 and 0.0 <= cell["evolved"][0] <= 100.0
+    shares = [k for k in results["full"] if k.endswith("_top_answer_share")]
+    assert shares and all(0.0 < results["full"][k]["evolved"][0] <= 100.0 for k in shares)
     # the base is measured once per seed: every variant reports the same base values
     assert results["full"]["vqa_accuracy"]["base"] == results["e3"]["vqa_accuracy"]["base"]
     # step 1 of the full recipe is a U-step, so its generator is untouched; e3's step 1 trains it
@@ -49,3 +53,17 @@ def test_shapes_suite_end_to_end_resume_and_report(tmp_path: Path) -> None:
 def test_shapes_report_without_results_is_a_clear_error(tmp_path: Path) -> None:
     proc = _suite("--report", "--out", str(tmp_path / "none.json"))
     assert proc.returncode != 0 and "no results at" in proc.stderr
+
+
+def test_top_answer_shares_by_hand() -> None:
+    from benchmarks.shapes import top_answer_shares
+
+    samples = [{"qtype": "existence", "prediction": "<answer>no</answer>"},
+               {"qtype": "existence", "prediction": "No"},
+               {"qtype": "existence", "prediction": "<answer>yes</answer>"},
+               {"qtype": "count", "prediction": "<answer>two</answer>"},  # number words normalise to digits
+               {"qtype": "count", "prediction": "2"},
+               {"qtype": "count", "prediction": "3"},
+               {"qtype": "count", "prediction": "1"}]
+    shares = top_answer_shares(samples)
+    assert shares == {"vqa_existence_top_answer_share": pytest.approx(200 / 3), "vqa_count_top_answer_share": 50.0}

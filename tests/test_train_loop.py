@@ -154,3 +154,48 @@ def test_train_refuses_existing_run_dir(e1_run: tuple[Path, Trainer], pool: Path
     assert main(["train", "--images", str(pool), "--recipe", "demo", "--steps", "1", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert str(out) in err and "--resume" in err
+
+
+def _cert(valid: bool, objective: bool) -> object:
+    from types import SimpleNamespace
+
+    return SimpleNamespace(valid=valid, objective=SimpleNamespace(objective=objective))
+
+
+def test_extra_questions_ranking() -> None:
+    """The Solver's extra questions: valid and objective, never the pick, non-easy first, then by STE."""
+    from types import SimpleNamespace
+
+    from asg.train.ustep import _extra_questions
+
+    certs = [_cert(True, True), _cert(True, True), _cert(False, True), _cert(True, False), _cert(True, True),
+             _cert(True, True)]
+    proposal = SimpleNamespace(certificates=certs)
+    raws = [0.9, 0.2, 5.0, 5.0, 0.7, 0.4]
+    spot = ["medium", "easy", "hard", "hard", "easy", "hard"]
+    # pick 0 is excluded; 2 (invalid) and 3 (subjective) never qualify; 5 is non-easy, then 4 (0.7) before 1 (0.2)
+    assert _extra_questions(proposal, raws, spot, "hard", 0, 5) == [5, 4, 1]
+    assert _extra_questions(proposal, raws, spot, "hard", 0, 2) == [5, 4]
+    assert _extra_questions(proposal, raws, spot, "hard", 0, 0) == []
+
+
+def test_solver_trains_on_extra_questions(pool: Path, tmp_path: Path) -> None:
+    """solver.questions_per_step = 3: the next candidates are answered N times and join the Solver's update."""
+    out = tmp_path / "q3"
+    _train(pool, out, 3, overrides=[*SHORT, "solver.questions_per_step=3", "schedule.understanding=3",
+                                    "schedule.generation=0", "generator.update=false"])
+    rows = _metrics(out)
+    rollouts = read_jsonl(out / "rollouts.jsonl").records
+    n = load_recipe("demo").solver.sample.n
+    seen_extra = False
+    for r, ro in zip(rows, rollouts):
+        extra = ro.get("extra_questions", [])
+        assert len(extra) <= 2
+        for e in extra:
+            assert e["question"] in ro["candidates"] and e["question"] != ro["question"]
+            assert len(e["labels"]) == n and e["majority"] in e["labels"]
+        if ro.get("question") is not None:
+            # every gate is open in SHORT, so the pick and every extra question train the Solver
+            assert r["solver.questions_trained"] == 1 + len(extra)
+            seen_extra |= bool(extra) and r["solver.stepped"]
+    assert seen_extra, [ro.get("candidates") for ro in rollouts]

@@ -77,6 +77,9 @@ class SolverRole:
 
     sample: SolverConfig = _nested(SolverConfig)  # n = 7, PPS ladder T in [0.5, 2.5], top-p in [0.3, 1]
     reinforce: ReinforceConfig = _nested(ReinforceConfig)  # EMA baseline momentum 0.6
+    # questions of one U-step the Solver trains on: the pick (1, as the reference) plus the next-ranked
+    # valid, objective candidates of the same Proposer output (an asg extension; see docs/training.md)
+    questions_per_step: int = _pos(1)
     update: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))  # train its adapter
     lr: float = _lr()
 

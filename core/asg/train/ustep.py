@@ -12,6 +12,11 @@ For one image:
 5. the Solver takes one REINFORCE + KL step over the N samples, each trained under the prompt it was
    generated with (§3.9, quirk 2); the Proposer takes one clipped group-relative step (§3.10).
 
+With ``solver.questions_per_step = q > 1`` (an asg extension; the reference solves the pick only) the
+next q − 1 valid, objective candidates of the same Proposer output are answered in the same call and
+join the Solver's update when their own gate passes; the difficulty state and the Proposer's reward
+still see the pick alone.
+
 Each extra group member is scored like member 0 but with 1 greedy + 3 perturbed Solver answers
 (its own STE included, so every member of the group is on the same reward scale — a deviation
 from the reference, whose extras had no STE term).
@@ -61,6 +66,17 @@ def _pick(proposal: Proposal, raws: list[float], spot: list[str], desired: str) 
         if tier:
             return max(tier, key=lambda i: (max(0.10, raws[i]) + (0.06 if spot[i] == desired else 0.0), raws[i]))
     return None
+
+
+def _extra_questions(proposal: Proposal, raws: list[float], spot: list[str], desired: str, pick: int, k: int) -> list[int]:
+    """Up to ``k`` more candidates for the Solver (``solver.questions_per_step`` − 1): the valid, objective
+    ones other than the pick, non-easy first, ranked by the pick's own key (§3.4)."""
+    if k <= 0:
+        return []
+    rest = [i for i, c in enumerate(proposal.certificates) if i != pick and c.valid and c.objective.objective]
+    rest.sort(key=lambda i: (spot[i] != "easy", max(0.10, raws[i]) + (0.06 if spot[i] == desired else 0.0), raws[i]),
+              reverse=True)
+    return rest[:k]
 
 
 def _question_case(answers: SolverAnswers, state: Any, rcfg: Any, *, rejected: bool) -> tuple[Any, Any, SolverQuestion, bool]:
@@ -121,8 +137,13 @@ def understanding_step(tr: Any, image: Any, step: int) -> tuple[dict[str, Any], 
 
     chosen = main.candidates[pick]
     cert = main.certificates[pick]
-    # 3. Solve: reuse the spot-check answer as greedy sample 0, six PPS samples in one call
-    answers = solver.answer(bb, [image], [chosen.question], greedy=[spot[pick]], seed=tr.seed_for(step, "solve"))[0]
+    extra = (_extra_questions(main, raws, spot_buckets, desired, pick, recipe.solver.questions_per_step - 1)
+             if recipe.solver.update else [])
+    # 3. Solve: reuse the spot-check answers as greedy sample 0, six PPS samples per question, one call
+    solved = [pick, *extra]
+    all_answers = solver.answer(bb, [image] * len(solved), [main.candidates[k].question for k in solved],
+                                greedy=[spot[k] for k in solved], seed=tr.seed_for(step, "solve"))
+    answers = all_answers[0]
     rejected = not cert.objective.objective
     votes, difficulty, squestion, low_info_majority = _question_case(answers, st, rcfg, rejected=rejected)
     st.threshold.update(votes.h_sc)
@@ -134,7 +155,10 @@ def understanding_step(tr: Any, image: Any, step: int) -> tuple[dict[str, Any], 
                         objective=cert.objective.objective, low_info_majority=low_info_majority,
                         tracks_disagree=answers.samples[0].label != votes.majority, all_candidates_easy=all_easy)
     preward = proposer_rewards([case], rcfg.proposer, tr.components("proposer"))
-    sreward = solver_rewards([squestion], rcfg.solver, tr.components("solver"))[0]
+    # the extra questions only train the Solver: the difficulty state and the Proposer see the pick alone
+    extra_cases = [_question_case(a, st, rcfg, rejected=False)[2] for a in all_answers[1:]]
+    sreward_all = solver_rewards([squestion, *extra_cases], rcfg.solver, tr.components("solver"))
+    sreward = sreward_all[0]
     m.update({"h_sc": votes.h_sc, "majority_fraction": votes.majority_fraction, "margin": votes.margin,
               "info": votes.info, "difficulty.bucket": difficulty.bucket, "difficulty.threshold": difficulty.threshold,
               "ste.raw": raws[pick], "ste.d_ste": d_ste, "ste.window": len(st.ste),
@@ -146,25 +170,33 @@ def understanding_step(tr: Any, image: Any, step: int) -> tuple[dict[str, Any], 
                     "majority": votes.majority, "h_sc": votes.h_sc, "ste": raws[pick], "d_ste": d_ste,
                     "bucket": difficulty.bucket, "solver_rewards": list(sreward.rewards),
                     "proposer_reward": preward.values[0]})
+    if extra:
+        rollout["extra_questions"] = [
+            {"question": a.question, "labels": list(a.labels), "majority": vote(a.labels, rcfg.consistency).majority,
+             "skip": r.skip_reason if r.skip else None} for a, r in zip(all_answers[1:], sreward_all[1:])]
 
     # 5. Updates
+    trained = [(a, list(r.rewards)) for a, r in zip(all_answers, sreward_all) if not r.skip]
+    m["solver.questions_trained"] = len(trained) if recipe.solver.update else 0
     if not recipe.solver.update:
         solver_result = UpdateResult.skipped("disabled")
-    elif sreward.skip:
+    elif not trained:
         solver_result = tr.updaters["solver"].skip(f"gate:{sreward.skip_reason}")
     else:
-        solver_result = _solver_update(tr, answers, list(sreward.rewards))
+        solver_result = _solver_update(tr, [a for a, _ in trained], [x for _, r in trained for x in r])
     prop_result = _proposer_update(tr, step, image, [main, *extras], [preward.values[0]], extras_solver=solver, m=m)
     solver_result.record_into(m, "solver")
     prop_result.record_into(m, "proposer")
     return m, rollout
 
 
-def _solver_update(tr: Any, answers: SolverAnswers, rewards: list[float]) -> UpdateResult:
-    """REINFORCE + KL over the N samples, each under its own PPS prompt (§3.9, §5.1)."""
+def _solver_update(tr: Any, answered: list[SolverAnswers], rewards: list[float]) -> UpdateResult:
+    """REINFORCE + KL over the N samples of each trained question, each under its own PPS prompt (§3.9, §5.1)."""
     upd = tr.updaters["solver"]
     adv = tr.state.solver_baseline.advantages(rewards)  # baseline read before each sample, then updated
-    passes = score_policy(tr.backbone, "solver", list(answers.prompts), list(answers.completions))
+    prompts = [p for a in answered for p in a.prompts]
+    completions = [c for a in answered for c in a.completions]
+    passes = score_policy(tr.backbone, "solver", prompts, completions)
     loss, diag = reinforce_loss(passes.logprobs, passes.mask, adv, kl=passes.kl, beta=upd.beta)
     return upd.apply(loss, kl_mean=mean_kl(passes.kl, passes.mask), diagnostics={"adv_mean": float(adv.mean()),
                                                                                  "baseline": tr.state.solver_baseline.value,
