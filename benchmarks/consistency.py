@@ -134,12 +134,3 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--batch", type=int, default=30, help="questions per generate call (default 30)")
     p.add_argument("--out", help="result file (default benchmarks/results/consistency[-<split>].json)")
     return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    run(build_parser().parse_args(argv))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import sys
@@ -162,6 +163,33 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
+def summary_table(results: dict[str, Any]) -> str:
+    """Markdown, one row per variant: the two headline metrics (base → evolved, gain mean ± std, ✓ when the
+    gain is positive and larger than two standard deviations) and the count / shape top-answer shares."""
+    lines = ["| variant | what changes | VQA: base → evolved | VQA gain | GenEval-mini: base → evolved | "
+             "GenEval-mini gain | top-answer share, count / shape: base → evolved |",
+             "|---|---|---|---|---|---|---|"]
+    descriptions = results.get("_meta", {}).get("descriptions", {})
+    seeds = 0
+    for variant, per in results.items():
+        if variant.startswith("_"):
+            continue
+        cells = []
+        for metric in ("vqa_accuracy", "geneval_mini"):
+            b, e = per[metric]["base"], per[metric]["evolved"]
+            gains = [y - x for x, y in zip(b, e)]
+            seeds = len(gains)
+            gm, gs = _mean_std(gains)
+            mark = " ✓" if len(gains) > 1 and gm > 0 and gm > 2 * gs else ""
+            cells += [f"{_mean_std(b)[0]:.1f} → {_mean_std(e)[0]:.1f}", f"{gm:+.1f} ± {gs:.1f}{mark}"]
+        shares = [f"{_mean_std(per[m]['base'])[0]:.0f} → {_mean_std(per[m]['evolved'])[0]:.0f}"
+                  if m in per and not any(math.isnan(x) for x in per[m]["base"]) else "–"
+                  for m in ("vqa_count_top_answer_share", "vqa_shape_top_answer_share")]
+        lines.append(f"| `{variant}` | {descriptions.get(variant, '')} | " + " | ".join(cells) + f" | {' / '.join(shares)} |")
+    lines += ["", f"{seeds} seed(s), mean over seeds; ✓ = gain larger than two standard deviations across seeds"]
+    return "\n".join(lines)
+
+
 def table(results: dict[str, Any]) -> str:
     """Markdown: per variant, base and evolved (mean ± std over seeds) and the gain, for the two headline
     metrics and every per-type / per-category metric."""
@@ -216,7 +244,7 @@ def write(results: dict[str, Any], out: Path) -> None:
     tmp.write_text(json.dumps(results, indent=1) + "\n")
     tmp.replace(out)
     meta = results.get("_meta", {})
-    text = table(results)
+    text = summary_table(results) + "\n\n" + table(results)
     out.with_suffix(".md").write_text(
         f"# ShapesWorld self-evolution ({meta.get('split', 'test')} split)\n\n`{meta.get('command', '')}`\n\n{text}\n")
     plot(results, out.with_suffix(".png"))

@@ -39,6 +39,7 @@ def test_shapes_suite_end_to_end_resume_and_report(tmp_path: Path) -> None:
     assert (work / "seed0" / "run-e3" / "eval_after" / "summary.json").is_file()
     assert not (work / "seed0" / "run-e3" / "eval_before").exists()
     assert out.with_suffix(".png").stat().st_size > 10_000 and "| full | **vqa_accuracy** |" in out.with_suffix(".md").read_text()
+    assert "| `e3` | generation only" in out.with_suffix(".md").read_text()
     # a second invocation reuses every saved result (nothing is retrained) and gives the same numbers
     before = (work / "seed0" / "e3.json").stat().st_mtime_ns
     again = _suite(*args)
