@@ -64,8 +64,13 @@ def _pick(proposal: Proposal, raws: list[float], spot: list[str], desired: str) 
     ]
     for tier in tiers:
         if tier:
-            return max(tier, key=lambda i: (max(0.10, raws[i]) + (0.06 if spot[i] == desired else 0.0), raws[i]))
+            return max(tier, key=lambda i: _score(raws, spot, desired, i))
     return None
+
+
+def _score(raws: list[float], spot: list[str], desired: str, i: int) -> tuple[float, float]:
+    """The §3.4 selection key of candidate ``i``: floored STE plus the bonus for the desired bucket, then raw STE."""
+    return max(0.10, raws[i]) + (0.06 if spot[i] == desired else 0.0), raws[i]
 
 
 def _extra_questions(proposal: Proposal, raws: list[float], spot: list[str], desired: str, pick: int, k: int) -> list[int]:
@@ -74,8 +79,7 @@ def _extra_questions(proposal: Proposal, raws: list[float], spot: list[str], des
     if k <= 0:
         return []
     rest = [i for i, c in enumerate(proposal.certificates) if i != pick and c.valid and c.objective.objective]
-    rest.sort(key=lambda i: (spot[i] != "easy", max(0.10, raws[i]) + (0.06 if spot[i] == desired else 0.0), raws[i]),
-              reverse=True)
+    rest.sort(key=lambda i: (spot[i] != "easy", *_score(raws, spot, desired, i)), reverse=True)
     return rest[:k]
 
 
@@ -156,8 +160,8 @@ def understanding_step(tr: Any, image: Any, step: int) -> tuple[dict[str, Any], 
                         tracks_disagree=answers.samples[0].label != votes.majority, all_candidates_easy=all_easy)
     preward = proposer_rewards([case], rcfg.proposer, tr.components("proposer"))
     # the extra questions only train the Solver: the difficulty state and the Proposer see the pick alone
-    extra_cases = [_question_case(a, st, rcfg, rejected=False)[2] for a in all_answers[1:]]
-    sreward_all = solver_rewards([squestion, *extra_cases], rcfg.solver, tr.components("solver"))
+    extra_cases = [_question_case(a, st, rcfg, rejected=False) for a in all_answers[1:]]
+    sreward_all = solver_rewards([squestion, *(c[2] for c in extra_cases)], rcfg.solver, tr.components("solver"))
     sreward = sreward_all[0]
     m.update({"h_sc": votes.h_sc, "majority_fraction": votes.majority_fraction, "margin": votes.margin,
               "info": votes.info, "difficulty.bucket": difficulty.bucket, "difficulty.threshold": difficulty.threshold,
@@ -172,8 +176,8 @@ def understanding_step(tr: Any, image: Any, step: int) -> tuple[dict[str, Any], 
                     "proposer_reward": preward.values[0]})
     if extra:
         rollout["extra_questions"] = [
-            {"question": a.question, "labels": list(a.labels), "majority": vote(a.labels, rcfg.consistency).majority,
-             "skip": r.skip_reason if r.skip else None} for a, r in zip(all_answers[1:], sreward_all[1:])]
+            {"question": a.question, "labels": list(a.labels), "majority": c[0].majority,
+             "skip": r.skip_reason if r.skip else None} for a, c, r in zip(all_answers[1:], extra_cases, sreward_all[1:])]
 
     # 5. Updates
     trained = [(a, list(r.rewards)) for a, r in zip(all_answers, sreward_all) if not r.skip]
