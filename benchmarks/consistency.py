@@ -30,7 +30,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
-MEASURES = ("greedy", "majority", "sample_mean")
 
 
 def tally(records: Iterable[tuple[str, bool, bool, list[bool]]]) -> dict[str, dict[str, float]]:
@@ -101,6 +100,8 @@ def table(result: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from asg.train.run import atomic_write_text
+
     if args.questions < 1 or args.n < 2 or args.batch < 1:
         raise SystemExit(f"--questions and --batch must be >= 1 and --n >= 2, got {args.questions}, {args.batch}, {args.n}")
     if args.adapters is not None and not Path(args.adapters).exists():
@@ -108,9 +109,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result = measure(args)
     out = Path(args.out) if args.out else RESULTS / ("consistency.json" if args.split == "test" else f"consistency-{args.split}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(out)
+    atomic_write_text(out, json.dumps(result, indent=1) + "\n")
     meta = result["_meta"]
     text = table(result)
     out.with_suffix(".md").write_text(f"# Greedy vs. majority-of-{meta['n']} accuracy ({meta['split']} split)\n\n"

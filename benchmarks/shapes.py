@@ -111,10 +111,10 @@ def _cached(path: Path, make: Any) -> dict[str, float]:
     """The metrics saved at ``path``, or ``make()`` saved there (write-then-rename: a crash loses nothing)."""
     if path.is_file():
         return json.loads(path.read_text())
+    from asg.train.run import atomic_write_text
+
     value = make()
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=1) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(value, indent=1) + "\n")
     return value
 
 
@@ -239,10 +239,10 @@ def _paths(args: argparse.Namespace) -> Path:
 
 
 def write(results: dict[str, Any], out: Path) -> None:
+    from asg.train.run import atomic_write_text
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1) + "\n")
-    tmp.replace(out)
+    atomic_write_text(out, json.dumps(results, indent=1) + "\n")
     meta = results.get("_meta", {})
     text = summary_table(results) + "\n\n" + table(results)
     out.with_suffix(".md").write_text(
