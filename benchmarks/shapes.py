@@ -89,7 +89,7 @@ def _evaluate_base(args: argparse.Namespace, seed: int, out: Path) -> dict[str, 
 
     ns = argparse.Namespace(eval_questions=args.questions, eval_per_tag=args.per_tag, eval_seed=seed,
                             eval_split=args.split)
-    return _metrics(_evaluate(TinyBackbone.load(), ns, out), out / "results.json")
+    return _metrics(_evaluate(TinyBackbone.load(model=args.model), ns, out), out / "results.json")
 
 
 def _run_variant(args: argparse.Namespace, seed: int, variant: str, pool: Path, out: Path) -> dict[str, float]:
@@ -97,7 +97,7 @@ def _run_variant(args: argparse.Namespace, seed: int, variant: str, pool: Path, 
 
     overrides, _ = VARIANTS[variant]
     ns = argparse.Namespace(
-        backbone="tiny", preset=None, model=None, device="cpu", adapters=None, images=pool, recipe="demo",
+        backbone="tiny", preset=None, model=args.model, device="cpu", adapters=None, images=pool, recipe="demo",
         set=[f"seed={seed}", *overrides, *(args.set or [])], steps=args.steps, out=out, resume=None, eval="shapes",
         eval_questions=args.questions, eval_per_tag=args.per_tag, eval_seed=seed, eval_split=args.split,
         eval_before=False,
@@ -146,6 +146,7 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
         "command": "python -m benchmarks shapes " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["shapes"] else sys.argv[1:]),
         "seeds": args.seeds, "variants": list(args.variants), "split": args.split, "steps": args.steps,
         "images": args.images, "questions": args.questions, "per_tag": args.per_tag,
+        "model": str(args.model) if args.model else "shipped tiny base",
         "seconds_this_invocation": round(time.time() - t0, 1),
         "machine": f"{platform.processor() or platform.machine()}, {_threads()} threads, Python {platform.python_version()}",
         "descriptions": {v: VARIANTS[v][1] for v in args.variants},
@@ -275,6 +276,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--questions", type=int, default=d["questions"], help="VQA questions per evaluation")
     p.add_argument("--per-tag", type=int, default=d["per_tag"], help="GenEval-mini prompts per category")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra recipe override for every variant")
+    p.add_argument("--model", type=Path, default=None,
+                   help="a tiny directory written by `asg tiny pretrain` to start from (default: the shipped base)")
     p.add_argument("--work", default="runs/benchmarks/shapes", help="run directories and per-run results (resumable)")
     p.add_argument("--out", help="result file (default benchmarks/results/shapes[-val].json)")
     p.add_argument("--report", action="store_true", help="re-render table and plot from the saved results only")

@@ -68,3 +68,23 @@ def test_top_answer_shares_by_hand() -> None:
                {"qtype": "count", "prediction": "1"}]
     shares = top_answer_shares(samples)
     assert shares == {"vqa_existence_top_answer_share": pytest.approx(200 / 3), "vqa_count_top_answer_share": 50.0}
+
+
+def test_shapes_suite_starts_from_a_given_model(tmp_path: Path) -> None:
+    """--model: base measurement and loop both use that directory (recorded in the run and the meta);
+    a directory without weights is refused, naming it."""
+    from asg.backbones.tiny.model import TinyBackbone
+
+    model = tmp_path / "model"
+    TinyBackbone.load(preset="init", adapters=False).save_pretrained(model)
+    out, work = tmp_path / "shapes.json", tmp_path / "work"
+    proc = _suite("--seeds", "1", "--variants", "e3", "--steps", "1", "--images", "4", "--questions", "5",
+                  "--per-tag", "1", "--split", "val", "--model", str(model), "--work", str(work), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(out.read_text())["_meta"]["model"] == str(model)
+    assert json.loads((work / "seed0" / "run-e3" / "config.json").read_text())["model"] == str(model)
+    # randomly initialised: no answer is in the answer format, so not one of the 5 questions is right
+    assert json.loads((work / "seed0" / "base.json").read_text())["vqa_accuracy"] == 0.0
+    bad = _suite("--seeds", "1", "--variants", "e3", "--model", str(tmp_path / "nowhere"), "--work", str(work / "x"),
+                 "--out", str(tmp_path / "bad.json"))
+    assert bad.returncode != 0 and "nowhere" in bad.stderr

@@ -71,3 +71,43 @@ def test_understanding_examples_cover_every_task() -> None:
     for task, marker in (("vqa", "<answer>"), ("caption", "."), ("proposer", "<q><target>"), ("spec", "<prompt>")):
         prompt, target, got = understanding_example(data, rng, task)
         assert got == task and prompt.image is not None and marker in target
+
+
+def test_task_mix_by_hand() -> None:
+    """The VQA share takes its part; the rest keeps the 15:15:10 ratio of caption, proposer, spec."""
+    from asg.backbones.tiny.pretrain_data import task_mix
+
+    assert task_mix(0.6) == [0.6, 0.15, 0.15, 0.10]
+    assert task_mix(0.8) == pytest.approx([0.8, 0.075, 0.075, 0.05])
+    assert task_mix(1.0) == [1.0, 0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="vqa_share"):
+        task_mix(1.5)
+
+
+def test_continue_with_a_fresh_vision_tower(runs, tmp_path: Path) -> None:
+    """--init-from keeps tokenizer, autoencoder and (at a negligible lr) the language model, while
+    --reinit vision replaces the vision tower and projector."""
+    out = tmp_path / "cont"
+    report = pretrain(PretrainConfig(init_from=str(runs["a"]), reinit="vision", lr=1e-12, vqa_share=1.0, **SMALL), out)
+    assert report["autoencoder"]["continued_from"] == str(runs["a"]) and report["autoencoder_history"] == []
+    assert (out / "tokenizer.json").read_bytes() == (runs["a"] / "tokenizer.json").read_bytes()
+    before, after = load_file(str(runs["a"] / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert before.keys() == after.keys()
+
+    def moved(prefix: str) -> float:
+        return max(float((before[k] - after[k]).abs().max()) for k in before if k.startswith(prefix))
+
+    assert moved("vae.") == 0.0
+    assert moved("vlm.model.language_model.") < 1e-6 and moved("gen.") < 1e-6
+    assert moved("vlm.model.vision_tower.") > 0.01 and moved("vlm.model.multi_modal_projector.") > 0.01
+
+
+def test_continuation_errors_name_the_problem(runs, tmp_path: Path) -> None:
+    from asg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs init_from"):
+        PretrainConfig(reinit="vision")
+    with pytest.raises(ConfigError, match="no model.safetensors"):
+        pretrain(PretrainConfig(init_from=str(tmp_path / "nowhere"), **SMALL), tmp_path / "out")
+    with pytest.raises(FileExistsError, match="is the --init-from directory"):
+        pretrain(PretrainConfig(init_from=str(runs["a"]), **SMALL), runs["a"])

@@ -110,19 +110,44 @@ def _cross_entropy(backbone: TinyBackbone, examples: list[tuple[Any, str, str]])
     return nll / tokens
 
 
+def _continue_from(directory: Path, cfg: PretrainConfig) -> TinyBackbone:
+    """The pretrained `tiny` in ``directory`` (its tokenizer, architecture and autoencoder), with the
+    vision tower and projector freshly initialised when ``cfg.reinit == "vision"``."""
+    from asg.errors import ConfigError
+
+    if not (directory / "model.safetensors").is_file():
+        raise ConfigError(f"--init-from {directory}: no model.safetensors there (expected a directory written by "
+                          "`asg tiny pretrain`, with config.json and tokenizer.json beside it)")
+    backbone = TinyBackbone.load(model=directory, adapters=False, seed=cfg.seed)
+    if cfg.reinit == "vision":
+        fresh = TinyBackbone(backbone.config, backbone.tokenizer, adapters=False, seed=cfg.seed + 1)
+        for part in ("vision_tower", "multi_modal_projector"):
+            getattr(backbone.net["vlm"].model, part).load_state_dict(getattr(fresh.net["vlm"].model, part).state_dict())
+    return backbone
+
+
 def pretrain(cfg: PretrainConfig, out: Path) -> dict[str, Any]:
     """Train, then write config.json, tokenizer.json, model.safetensors and pretrain_report.json to ``out``."""
     out = Path(out)
+    if cfg.init_from and out.resolve() == Path(cfg.init_from).resolve():
+        raise FileExistsError(f"--out {out} is the --init-from directory; write the continued model elsewhere")
     if (out / "model.safetensors").exists() and not (out / "pretrain_report.json").exists():
         raise FileExistsError(f"{out} holds weights that `asg tiny pretrain` did not write; choose another --out")
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     t_start = time.time()
-    tokenizer = train_tokenizer(tokenizer_corpus(cfg.seed), cfg.vocab_size)
-    model_cfg = TinyConfig(vocab_size=len(tokenizer))
-    backbone = TinyBackbone(model_cfg, tokenizer, adapters=False, seed=cfg.seed)
-    data = LabeledSet(cfg.scenes, cfg.seed, model_cfg.image_size)
-    autoencoder = train_autoencoder(backbone, data, cfg)
+    if cfg.init_from:
+        backbone = _continue_from(Path(cfg.init_from), cfg)
+        data = LabeledSet(cfg.scenes, cfg.seed, backbone.config.image_size)
+        autoencoder: dict[str, Any] = {"history": [], "continued_from": str(cfg.init_from), "reinit": cfg.reinit,
+                                       "latent_shift": backbone.config.latent_shift,
+                                       "latent_scale": backbone.config.latent_scale}
+    else:
+        tokenizer = train_tokenizer(tokenizer_corpus(cfg.seed), cfg.vocab_size)
+        model_cfg = TinyConfig(vocab_size=len(tokenizer))
+        backbone = TinyBackbone(model_cfg, tokenizer, adapters=False, seed=cfg.seed)
+        data = LabeledSet(cfg.scenes, cfg.seed, model_cfg.image_size)
+        autoencoder = train_autoencoder(backbone, data, cfg)
     backbone.net.train()
     backbone.net["vae"].eval()
     params = [p for p in backbone.net.parameters() if p.requires_grad]
@@ -139,7 +164,7 @@ def pretrain(cfg: PretrainConfig, out: Path) -> dict[str, Any]:
             lr = _cosine(step, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio)
             for group in opt.param_groups:
                 group["lr"] = lr
-            ex = [understanding_example(data, rng) for _ in range(cfg.batch_text)]
+            ex = [understanding_example(data, rng, vqa_share=cfg.vqa_share) for _ in range(cfg.batch_text)]
             ce = _cross_entropy(backbone, ex)
             gen = [generation_example(data, rng) for _ in range(cfg.batch_image)]
             flow = backbone.generator_loss([g[0] for g in gen], [g[1] for g in gen], seed=cfg.seed * 1_000_003 + step).loss

@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from asg._validate import number
+from asg._validate import number, one_of
 
 
 @attrs.frozen(kw_only=True)
@@ -33,6 +33,21 @@ class PretrainConfig:
     eval_questions: int = attrs.field(default=200, validator=number(1, None, integer=True))  # on the val split
     eval_per_tag: int = attrs.field(default=5, validator=number(1, None, integer=True))
     threads: int = attrs.field(default=2, validator=number(1, None, integer=True))
+    # Share of understanding examples that are VQA answers; the rest keep the old 15:15:10 ratio of
+    # captions, proposer blocks and generation specs.
+    vqa_share: float = attrs.field(default=0.6, validator=number(0.0, 1.0))
+    # Continue from a pretrained `tiny` directory instead of starting from scratch: its tokenizer,
+    # architecture, autoencoder and latent normalisation are kept and phase 1 is skipped.
+    init_from: str = attrs.field(default="", validator=attrs.validators.instance_of(str))
+    # "vision": re-initialise the vision tower and projector of ``init_from`` before training (for a
+    # tower whose features collapsed; see docs/tiny.md).
+    reinit: str = attrs.field(default="", validator=one_of(("", "vision")))
+
+    def __attrs_post_init__(self) -> None:
+        if self.reinit and not self.init_from:
+            from asg.errors import ConfigError
+
+            raise ConfigError(f"PretrainConfig.reinit={self.reinit!r} needs init_from (a pretrained tiny directory)")
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)

@@ -119,11 +119,22 @@ def _distinct(qas: list[QA], k: int, rng: np.random.Generator) -> list[QA]:
     return [qas[i] for i in order]
 
 
-def understanding_example(data: LabeledSet, rng: np.random.Generator, task: str | None = None) -> tuple[Prompt, str, str]:
+def task_mix(vqa_share: float = 0.6) -> list[float]:
+    """Probabilities of TASKS: ``vqa_share`` for answers, the rest split 15:15:10 (caption, proposer, spec)."""
+    if not 0.0 <= vqa_share <= 1.0:
+        raise ValueError(f"vqa_share must be in [0, 1], got {vqa_share}")
+    if vqa_share == 0.6:  # the shipped weights' mix, written as it was so their draws stay bit-exact
+        return [0.6, 0.15, 0.15, 0.10]
+    rest = 1.0 - vqa_share
+    return [vqa_share, rest * 0.375, rest * 0.375, rest * 0.25]
+
+
+def understanding_example(data: LabeledSet, rng: np.random.Generator, task: str | None = None,
+                          vqa_share: float = 0.6) -> tuple[Prompt, str, str]:
     """(prompt with image, target completion, task) for one random scene."""
     i = int(rng.integers(len(data)))
     scene, image, qas = data.scenes[i], data.images[i], data.qas[i]
-    task = task or TASKS[int(rng.choice(len(TASKS), p=[0.6, 0.15, 0.15, 0.10]))]
+    task = task or TASKS[int(rng.choice(len(TASKS), p=task_mix(vqa_share)))]
     if task == "vqa":
         qa = _balanced_question(qas, rng)
         framing = 0 if rng.random() < 0.5 else int(rng.integers(1, len(T.SOLVER_FRAMINGS)))
