@@ -60,17 +60,21 @@ def probe_accuracy(x_train: Any, y_train: Any, x_test: Any, y_test: Any, *, clas
     return train, test
 
 
+def pixels(backbone: Any, images: list[Any]) -> Any:
+    """The vision tower's input for ``images``: the backbone's own image processor, in its dtype."""
+    processor = backbone._image_processor.image_processor
+    return processor(images, return_tensors="pt")["pixel_values"].to(backbone._param_dtype())
+
+
 def features(backbone: Any, images: list[Any], batch: int = 200) -> dict[str, Any]:
     """Flattened features of every vision-tower layer and of the projector, as (N, tokens x width)."""
     import torch
 
     vlm = backbone.net["vlm"].model
-    processor = backbone._image_processor.image_processor
     out: dict[str, list[Any]] = {}
     with torch.no_grad():
         for start in range(0, len(images), batch):
-            pixels = processor(images[start:start + batch], return_tensors="pt")["pixel_values"]
-            hidden = vlm.vision_tower(pixels.to(backbone._param_dtype()), output_hidden_states=True).hidden_states
+            hidden = vlm.vision_tower(pixels(backbone, images[start:start + batch]), output_hidden_states=True).hidden_states
             for layer, h in enumerate(hidden):
                 out.setdefault(f"layer {layer}", []).append(h.reshape(len(h), -1).float())
             proj = vlm.multi_modal_projector(hidden[-1])
@@ -78,8 +82,8 @@ def features(backbone: Any, images: list[Any], batch: int = 200) -> dict[str, An
     return {k: torch.cat(v) for k, v in out.items()}
 
 
-def supervised_curve(backbone: Any, scenes_fn: Any, test: tuple[Any, Any], *, steps: int, batch: int = 32,
-                     lr: float = 5e-4, every: int = 100, seed: int = 0) -> list[dict[str, float]]:
+def supervised_curve(backbone: Any, scenes_fn: Any, test: tuple[Any, Any], *, classes: int, steps: int,
+                     batch: int = 32, lr: float = 5e-4, every: int = 100, seed: int = 0) -> list[dict[str, float]]:
     """Train a copy of the vision tower + a linear head on (pixels, shape) batches from ``scenes_fn(n)``;
     held-out accuracy (percent) on ``test`` = (pixels, labels) every ``every`` steps and at the end."""
     import copy
@@ -88,18 +92,18 @@ def supervised_curve(backbone: Any, scenes_fn: Any, test: tuple[Any, Any], *, st
 
     torch.manual_seed(seed)
     tower = copy.deepcopy(backbone.net["vlm"].model.vision_tower).float().train().requires_grad_(True)
-    head = torch.nn.Linear(backbone.config.vision_hidden, 3)
+    head = torch.nn.Linear(backbone.config.vision_hidden, classes)
     opt = torch.optim.AdamW([*tower.parameters(), *head.parameters()], lr=lr)
     curve = []
     for step in range(1, steps + 1):
-        pixels, labels = scenes_fn(batch)
-        loss = torch.nn.functional.cross_entropy(head(tower(pixels).last_hidden_state.max(1).values), labels)
+        x, labels = scenes_fn(batch)
+        loss = torch.nn.functional.cross_entropy(head(tower(x.float()).last_hidden_state.max(1).values), labels)
         opt.zero_grad()
         loss.backward()
         opt.step()
         if step % every == 0 or step == steps:
             with torch.no_grad():
-                pred = head(tower(test[0]).last_hidden_state.max(1).values).argmax(1)
+                pred = head(tower(test[0].float()).last_hidden_state.max(1).values).argmax(1)
             curve.append({"step": step, "loss": float(loss), "test": 100.0 * float((pred == test[1]).float().mean())})
     return curve
 
@@ -121,7 +125,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     scenes = [sample_scene(rng, 1, 1) for _ in range(args.train + args.test)]
     size = backbone.config.image_size
     labels = torch.tensor([SHAPES.index(s.objects[0].shape) for s in scenes])
-    feats = features(backbone, [render(s, size) for s in scenes])
+    images = [render(s, size) for s in scenes]
+    feats = features(backbone, images)
     rows = {}
     for name, x in feats.items():
         train, test = probe_accuracy(x[:args.train], labels[:args.train], x[args.train:], labels[args.train:],
@@ -130,15 +135,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         print(f"[vision_probe] {name}: train {100 * train:.1f} %, test {100 * test:.1f} %", flush=True)
     supervised = []
     if args.supervised:
-        processor = backbone._image_processor.image_processor
 
         def draw(n: int) -> tuple[Any, Any]:
             batch = [sample_scene(rng, 1, 1) for _ in range(n)]
-            pixels = processor([render(s, size) for s in batch], return_tensors="pt")["pixel_values"]
-            return pixels, torch.tensor([SHAPES.index(s.objects[0].shape) for s in batch])
+            return (pixels(backbone, [render(s, size) for s in batch]),
+                    torch.tensor([SHAPES.index(s.objects[0].shape) for s in batch]))
 
-        held_out = processor([render(s, size) for s in scenes[args.train:]], return_tensors="pt")["pixel_values"]
-        supervised = supervised_curve(backbone, draw, (held_out, labels[args.train:]), steps=args.supervised,
+        held_out = (pixels(backbone, images[args.train:]), labels[args.train:])
+        supervised = supervised_curve(backbone, draw, held_out, classes=len(SHAPES), steps=args.supervised,
                                       seed=args.seed)
         for point in supervised:
             print(f"[vision_probe] supervised step {point['step']}: held-out {point['test']:.1f} %", flush=True)

@@ -103,11 +103,15 @@ def test_continue_with_a_fresh_vision_tower(runs, tmp_path: Path) -> None:
 
 
 def test_continuation_errors_name_the_problem(runs, tmp_path: Path) -> None:
-    from asg.errors import ConfigError
+    from asg.errors import ConfigError, DataError
 
     with pytest.raises(ConfigError, match="needs init_from"):
         PretrainConfig(reinit="vision")
-    with pytest.raises(ConfigError, match="no model.safetensors"):
+    with pytest.raises(DataError, match="nowhere does not exist"):
         pretrain(PretrainConfig(init_from=str(tmp_path / "nowhere"), **SMALL), tmp_path / "out")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.json").write_text("{}")
+    with pytest.raises(DataError, match="lacks tokenizer.json, model.safetensors"):
+        pretrain(PretrainConfig(init_from=str(tmp_path / "half"), **SMALL), tmp_path / "out")
     with pytest.raises(FileExistsError, match="is the --init-from directory"):
         pretrain(PretrainConfig(init_from=str(runs["a"]), **SMALL), runs["a"])

@@ -112,12 +112,8 @@ def _cross_entropy(backbone: TinyBackbone, examples: list[tuple[Any, str, str]])
 
 def _continue_from(directory: Path, cfg: PretrainConfig) -> TinyBackbone:
     """The pretrained `tiny` in ``directory`` (its tokenizer, architecture and autoencoder), with the
-    vision tower and projector freshly initialised when ``cfg.reinit == "vision"``."""
-    from asg.errors import ConfigError
-
-    if not (directory / "model.safetensors").is_file():
-        raise ConfigError(f"--init-from {directory}: no model.safetensors there (expected a directory written by "
-                          "`asg tiny pretrain`, with config.json and tokenizer.json beside it)")
+    vision tower and projector freshly initialised when ``cfg.reinit == "vision"``. The loader refuses a
+    directory that lacks any of its files, naming them."""
     backbone = TinyBackbone.load(model=directory, adapters=False, seed=cfg.seed)
     if cfg.reinit == "vision":
         fresh = TinyBackbone(backbone.config, backbone.tokenizer, adapters=False, seed=cfg.seed + 1)
