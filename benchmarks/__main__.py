@@ -11,6 +11,7 @@ SUITES = {
     "kernels": ("benchmarks.kernels", "time and peak memory of asg.kernels vs eager PyTorch, torch.compile, Liger"),
     "consistency": ("benchmarks.consistency", "how much self-consistency can teach: greedy vs majority-of-N accuracy"),
     "vision_probe": ("benchmarks.vision_probe", "does the vision tower keep what a shape is: linear probes per layer"),
+    "audit": ("benchmarks.audit", "how right were the Solver's training targets: a ShapesWorld run's votes against ground truth"),
     "shapes": ("benchmarks.shapes", "self-evolution of tiny on ShapesWorld: base vs evolved, full recipe and ablations"),
 }
 

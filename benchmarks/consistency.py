@@ -51,6 +51,22 @@ def tally(records: Iterable[tuple[str, bool, bool, list[bool]]]) -> dict[str, di
     return out
 
 
+def by_vote(items: Iterable[dict[str, Any]], n: int, easy_at: float = 0.85) -> dict[str, dict[str, float]]:
+    """Accuracies in percent grouped by the majority's size k (how many of the ``n`` answers agree with
+    it), from items with ``labels``, ``majority``, ``greedy_ok`` and ``majority_ok``. ``trained`` says
+    whether a question with that k is inside the Solver's training band of recipe ``demo`` (majority
+    fraction below ``easy_at``, the §3.9 easy gate ``rewards.solver.easy_skip_majority``)."""
+    groups: dict[int, list[float]] = {}
+    for it in items:
+        k = list(it["labels"]).count(it["majority"])
+        g = groups.setdefault(k, [0, 0, 0])
+        g[0] += 1
+        g[1] += bool(it["greedy_ok"])
+        g[2] += bool(it["majority_ok"])
+    return {str(k): {"n": int(c), "greedy": 100.0 * g / c, "majority": 100.0 * m / c, "trained": k / n < easy_at}
+            for k, (c, g, m) in sorted(groups.items())}
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
@@ -77,11 +93,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 majority = vote(a.labels).majority
                 perturbed = [answer_correct(s.answer.text, qa) for s in a.samples[1:]]
                 greedy_ok = answer_correct(a.samples[0].answer.text, qa)
-                records.append((qa.qtype, greedy_ok, answer_correct(majority, qa), perturbed))
+                majority_ok = answer_correct(majority, qa)
+                records.append((qa.qtype, greedy_ok, majority_ok, perturbed))
                 rows.append({"question": qa.question, "qtype": qa.qtype, "answer": qa.answer,
-                             "labels": list(a.labels), "majority": majority})
+                             "labels": list(a.labels), "majority": majority, "greedy_ok": greedy_ok,
+                             "majority_ok": majority_ok})
             bar.update(len(chunk))
-    return {"by_qtype": tally(records), "items": rows, "_meta": {
+    return {"by_qtype": tally(records), "by_vote": by_vote(rows, args.n), "items": rows, "_meta": {
         "command": "python -m benchmarks consistency " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["consistency"] else sys.argv[1:]),
         "backbone": args.backbone, "adapters": str(args.adapters) if args.adapters else None, "split": args.split,
         "seed": args.seed, "questions": args.questions, "n": args.n, "seconds": round(time.time() - t0, 1),
@@ -96,6 +114,13 @@ def table(result: dict[str, Any]) -> str:
         name = f"**{qtype}**" if qtype == "all" else qtype
         lines.append(f"| {name} | {r['n']} | {r['greedy']:.1f} | {r['majority']:.1f} | {r['sample_mean']:.1f} | "
                      f"{r['majority_minus_greedy']:+.1f} |")
+    if result.get("by_vote"):
+        n = result["_meta"]["n"]
+        lines += ["", f"By the majority's size (answers of {n} that agree with it); *trained* = inside the Solver's "
+                  "training band of recipe `demo` (the others are skipped as easy):", "",
+                  "| majority | n | greedy | majority of N | trained |", "|---:|---:|---:|---:|---|"]
+        for k, r in result["by_vote"].items():
+            lines.append(f"| {k}/{n} | {r['n']} | {r['greedy']:.1f} | {r['majority']:.1f} | {'yes' if r['trained'] else 'no'} |")
     return "\n".join(lines)
 
 

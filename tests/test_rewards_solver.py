@@ -118,3 +118,29 @@ def test_per_answer_flags_must_match_n() -> None:
     """A flag tuple of the wrong length is rejected naming the field and N."""
     with pytest.raises(ValueError, match=r"SolverQuestion.pre_answer_words must have one entry per answer \(7\), got 2"):
         _question("aaaaabb", pre_answer_words=(1, 2))
+
+
+def test_weak_majorities_are_skipped_when_asked() -> None:
+    """min_majority 0.7: 4/3 (0.571) is skipped as 'weak_majority', 5/2 (0.714) trains; off by default.
+    With the easy gates raised to 0.9, 6/1 (0.857) trains too and its majority keeps the plain +sc."""
+    cfg = SolverConfig(min_majority=0.7)
+    assert solver_rewards([_question("aaaabbb")])[0].skip_reason is None
+    weak = solver_rewards([_question("aaaabbb")], cfg)[0]
+    assert weak.skip_reason == "weak_majority" and weak.diagnostics["solver.skip.weak_majority"] == 1.0
+    assert solver_rewards([_question("aaaaabb")], cfg)[0].skip_reason is None
+    six = solver_rewards([_question("aaaaaab")], SolverConfig(min_majority=0.7, easy_skip_majority=0.9,
+                                                                iqr_skip_majority=0.9))[0]
+    assert six.skip_reason is None and six.raw[0] > 0 > six.raw[6]
+
+
+def test_question_types_can_be_excluded_from_training() -> None:
+    """skip_qtypes ("count",): a 5/2 count question is skipped as 'qtype', a binary one trains, and a
+    question of unknown type ("") is never skipped by this gate; an unknown type name is refused."""
+    cfg = SolverConfig(skip_qtypes=["count"])
+    assert cfg.skip_qtypes == ("count",)
+    assert solver_rewards([_question("aaaaabb", qtype="count")], cfg)[0].skip_reason == "qtype"
+    assert solver_rewards([_question("aaaaabb", qtype="binary")], cfg)[0].skip_reason is None
+    assert solver_rewards([_question("aaaaabb")], cfg)[0].skip_reason is None
+    assert solver_rewards([_question("aaaaabb", qtype="count")])[0].skip_reason is None
+    with pytest.raises(ValueError, match="question types from"):
+        SolverConfig(skip_qtypes=("counting",))

@@ -207,3 +207,40 @@ def test_vqa_accuracy_rejects_empty_and_malformed_records():
         vqa_accuracy([])
     with pytest.raises(ValueError, match=r"records\[0\] must be a \(QA, prediction\) pair"):
         vqa_accuracy([("only one",)])
+
+
+def test_answer_question_agrees_with_every_generated_question() -> None:
+    """Every templated question the generator asks about a scene is answered by ``answer_question``
+    with the generator's own answer and type (300 scenes of the val split)."""
+    from asg.shapes import answer_question, qa_for, scene_for
+
+    n = 0
+    for i in range(300):
+        scene = scene_for("val", 0, i)
+        for qa in qa_for("val", 0, i):
+            assert answer_question(qa.question, scene) == qa, qa
+            n += 1
+    assert n > 2000
+
+
+def test_answer_question_by_hand() -> None:
+    """Premise failures and non-template questions give None; case, spacing and '?' do not matter."""
+    from asg.shapes import QA, Obj, Scene, answer_question
+
+    scene = Scene([Obj("circle", "red", "small", 0.2, 0.5), Obj("circle", "blue", "large", 0.8, 0.55),
+                   Obj("square", "red", "small", 0.5, 0.1)])
+    assert answer_question("how many  circles are there", scene) == QA("how many  circles are there", "2", "count")
+    assert answer_question("How many green shapes are there?", scene).answer == "0"
+    assert answer_question("What color is the square?", scene).answer == "red"
+    assert answer_question("What color is the circle?", scene) is None  # two circles
+    assert answer_question("What color is the triangle?", scene) is None  # none
+    assert answer_question("What shape is the blue object?", scene).answer == "circle"
+    assert answer_question("What shape is the red object?", scene) is None  # two red objects
+    assert answer_question("Is there a blue square?", scene).answer == "no"
+    assert answer_question("Is the red circle to the left of the blue circle?", scene).answer == "yes"
+    assert answer_question("Is the blue circle above the red square?", scene).answer == "no"  # y 0.55 vs 0.1
+    assert answer_question("Is the red circle above the blue circle?", scene) is None  # y differs by 0.05
+    assert answer_question("Is the red circle left of the red circle?", scene) is None  # not a template
+    assert answer_question("Is the red circle above the red circle?", scene) is None  # the same object
+    assert answer_question("Is the green circle above the red square?", scene) is None  # no green circle
+    assert answer_question("Describe the image.", scene) is None

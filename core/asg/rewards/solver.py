@@ -15,12 +15,16 @@ Soft weight and effective reward:
 
 Skip (checked in order; rewards are still computed and logged):
 rejected -> "rejected"; IQR threshold active and H_sc <= thr and maj_frac >= 0.80 -> "iqr_easy";
-easy_case or maj_frac >= 0.85 -> "easy"; not informative -> "uninformative".
+easy_case or maj_frac >= 0.85 -> "easy"; not informative -> "uninformative". Two asg extensions, off by
+default: a question type listed in ``skip_qtypes`` -> "qtype" (checked right after "rejected"); a
+majority fraction below ``min_majority`` -> "weak_majority" (checked last).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
+
 import attrs
 
 from asg._validate import number
@@ -29,7 +33,14 @@ from asg.rewards.components import RewardComponent, check_cases, combine
 from asg.rewards.consistency import VoteStats
 from asg.rewards.difficulty import Difficulty
 
-SKIP_REASONS: tuple[str, ...] = ("rejected", "iqr_easy", "easy", "uninformative")
+SKIP_REASONS: tuple[str, ...] = ("rejected", "iqr_easy", "easy", "uninformative", "weak_majority", "qtype")
+_QUESTION_TYPES = ("count", "binary", "other")  # asg.roles.answers.QTYPES (no import: rewards stay role-free)
+
+
+def _qtypes(inst: Any, attr: Any, value: tuple[str, ...]) -> None:
+    bad = [v for v in value if v not in _QUESTION_TYPES]
+    if bad:
+        raise ValueError(f"SolverConfig.{attr.name} must hold question types from {_QUESTION_TYPES}, got {bad}")
 
 
 @attrs.frozen
@@ -51,6 +62,12 @@ class SolverConfig:
     iqr_skip_majority: float = attrs.field(default=0.80, validator=number(0.0, 1.0))  # gate 2: maj_frac at/above
     easy_skip_majority: float = attrs.field(default=0.85, validator=number(0.0, 1.0))  # gate 3: maj_frac at/above
     skip_uninformative: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))  # gate 4
+    # gate 5 (asg extension, 0 = off as in the reference): skip questions whose majority fraction is below
+    # this. A weak majority (4 of 7) of a small model is often a coin flip; see docs/results.md.
+    min_majority: float = attrs.field(default=0.0, validator=number(0.0, 1.0))
+    # gate 6 (asg extension, empty = off): question types (count / binary / other, as the answer parser
+    # types them) the Solver never trains on, e.g. where its votes are measured to carry no information.
+    skip_qtypes: tuple[str, ...] = attrs.field(default=(), converter=tuple, validator=_qtypes)
 
 
 DEFAULT_SOLVER = SolverConfig()
@@ -67,6 +84,7 @@ class SolverQuestion:
     low_info: tuple[bool, ...] = attrs.field(factory=tuple, converter=tuple)  # (N,) answer is yes/no/unknown/vague; () = none
     low_info_majority: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     rejected: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))  # question rejected
+    qtype: str = attrs.field(default="", validator=attrs.validators.in_(("", *_QUESTION_TYPES)))  # "" = unknown
 
     def __attrs_post_init__(self) -> None:
         n = self.votes.n
@@ -150,12 +168,16 @@ def skip_reason(question: SolverQuestion, config: SolverConfig = DEFAULT_SOLVER)
     v, d = question.votes, question.difficulty
     if config.skip_rejected and question.rejected:
         return "rejected"
+    if question.qtype and question.qtype in config.skip_qtypes:
+        return "qtype"
     if d.threshold_active and v.h_sc <= d.threshold and v.majority_fraction >= config.iqr_skip_majority:
         return "iqr_easy"
     if d.easy_case or v.majority_fraction >= config.easy_skip_majority:
         return "easy"
     if config.skip_uninformative and not v.informative:
         return "uninformative"
+    if v.majority_fraction < config.min_majority:
+        return "weak_majority"
     return None
 
 

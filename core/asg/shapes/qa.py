@@ -150,3 +150,62 @@ def qa_for(split: str, seed: int, index: int) -> list[QA]:
     return questions(scene_for(split, seed, index), rng_for(QUESTIONS, split, seed, index))
 
 
+
+
+_COLOR_RE = "|".join(COLORS)
+_SHAPE_RE = "|".join(SHAPES)
+_REL_RE = "|".join(p[0] for p in _RELATION_PHRASES)
+_TEMPLATES: tuple[tuple[str, str], ...] = (
+    ("count_all", r"how many shapes are there"),
+    ("count_shape", rf"how many (?P<shape>{_SHAPE_RE})s are there"),
+    ("count_color", rf"how many (?P<color>{_COLOR_RE}) shapes are there"),
+    ("color", rf"what colou?r is the (?P<shape>{_SHAPE_RE})"),
+    ("shape", rf"what shape is the (?P<color>{_COLOR_RE}) object"),
+    ("existence", rf"is there an? (?P<color>{_COLOR_RE}) (?P<shape>{_SHAPE_RE})"),
+    ("position", rf"is the (?P<c1>{_COLOR_RE}) (?P<s1>{_SHAPE_RE}) (?P<rel>{_REL_RE}) the (?P<c2>{_COLOR_RE}) (?P<s2>{_SHAPE_RE})"),
+)
+
+
+def answer_question(question: str, scene: Scene) -> QA | None:
+    """Ground truth for a question in one of ShapesWorld's templates (any case, trailing "?" optional).
+
+    Returns None when the question is not a template question, or when its premise fails: "the
+    triangle" when there is not exactly one triangle, "the red object" when there is not exactly one
+    red object, a position question about objects that are missing or not unique. Position answers
+    follow the asked relation's axis; centres closer than ``POSITION_MARGIN`` on that axis have no
+    answer (None), as the generator never asks them. Used to audit what a loop trained toward.
+    """
+    import re
+
+    if not isinstance(scene, Scene):
+        raise TypeError(f"scene must be a Scene, got {type(scene).__name__}")
+    text = " ".join(str(question).lower().strip().rstrip("?").split())
+    for kind, pattern in _TEMPLATES:
+        m = re.fullmatch(pattern, text)
+        if m is None:
+            continue
+        g = m.groupdict()
+        if kind == "count_all":
+            return QA(question, str(len(scene.objects)), "count")
+        if kind == "count_shape":
+            return QA(question, str(scene.count(shape=g["shape"])), "count")
+        if kind == "count_color":
+            return QA(question, str(scene.count(color=g["color"])), "count")
+        if kind == "color":
+            hits = [o for o in scene.objects if o.shape == g["shape"]]
+            return QA(question, hits[0].color, "color") if len(hits) == 1 else None
+        if kind == "shape":
+            hits = [o for o in scene.objects if o.color == g["color"]]
+            return QA(question, hits[0].shape, "shape") if len(hits) == 1 else None
+        if kind == "existence":
+            return QA(question, _yes_no(scene.count(g["shape"], g["color"]) > 0), "existence")
+        a = [o for o in scene.objects if (o.color, o.shape) == (g["c1"], g["s1"])]
+        b = [o for o in scene.objects if (o.color, o.shape) == (g["c2"], g["s2"])]
+        if len(a) != 1 or len(b) != 1 or a[0] is b[0]:
+            return None
+        _, axis, smaller = next(p for p in _RELATION_PHRASES if p[0] == g["rel"])
+        first, second = getattr(a[0], axis), getattr(b[0], axis)
+        if abs(first - second) <= POSITION_MARGIN:
+            return None
+        return QA(question, _yes_no((first < second) == smaller), "position")
+    return None

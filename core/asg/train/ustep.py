@@ -93,7 +93,7 @@ def _question_case(answers: SolverAnswers, state: Any, rcfg: Any, *, rejected: b
         votes=votes, difficulty=difficulty,
         pre_answer_words=tuple(p.extraction.words_before for p in parsed),
         non_canonical=tuple(p.non_canonical for p in parsed), low_info=tuple(p.low_info for p in parsed),
-        low_info_majority=low_info_majority, rejected=rejected,
+        low_info_majority=low_info_majority, rejected=rejected, qtype=parsed[0].qtype,
     )
     return votes, difficulty, question, low_info_majority
 
@@ -173,7 +173,7 @@ def understanding_step(tr: Any, image: Any, step: int) -> tuple[dict[str, Any], 
                     "answers": [s.answer.text for s in answers.samples], "labels": list(answers.labels),
                     "majority": votes.majority, "h_sc": votes.h_sc, "ste": raws[pick], "d_ste": d_ste,
                     "bucket": difficulty.bucket, "solver_rewards": list(sreward.rewards),
-                    "proposer_reward": preward.values[0]})
+                    "skip": sreward.skip_reason if sreward.skip else None, "proposer_reward": preward.values[0]})
     if extra:
         rollout["extra_questions"] = [
             {"question": a.question, "labels": list(a.labels), "majority": c[0].majority,

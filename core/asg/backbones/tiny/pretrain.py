@@ -78,6 +78,61 @@ def train_autoencoder(backbone: TinyBackbone, data: LabeledSet, cfg: PretrainCon
             "latent_shift": backbone.config.latent_shift, "latent_scale": backbone.config.latent_scale}
 
 
+def _pixels(backbone: TinyBackbone, images: list[Any], batch: int = 500) -> torch.Tensor:
+    """The vision tower's input for ``images``, through the backbone's own image processor."""
+    processor = backbone._image_processor.image_processor
+    return torch.cat([processor(images[i:i + batch], return_tensors="pt")["pixel_values"]
+                      for i in range(0, len(images), batch)]).to(backbone._param_dtype())
+
+
+class _PerceptionData:
+    """The labeled images as pixel tensors with their per-patch targets, and a val set to check on."""
+
+    def __init__(self, backbone: TinyBackbone, data: LabeledSet, cfg: PretrainConfig) -> None:
+        from asg.backbones.tiny.perception import stack_targets
+        from asg.shapes import render, scene_for
+
+        grid = backbone.config.image_size // backbone.config.patch_size
+        self.pixels = _pixels(backbone, data.images)
+        self.targets = stack_targets(data.scenes, grid)
+        val = [scene_for("val", cfg.seed, 10_000 + i) for i in range(500)]  # not the scenes _quick_eval uses
+        self.val_pixels = _pixels(backbone, [render(s, backbone.config.image_size) for s in val])
+        self.val_targets = stack_targets(val, grid)
+
+    def batch(self, rng: np.random.Generator, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        idx = torch.from_numpy(rng.integers(0, len(self.pixels), n))
+        return self.pixels[idx], {k: v[idx] for k, v in self.targets.items()}
+
+
+def train_perception(backbone: TinyBackbone, heads: torch.nn.Module, pdata: _PerceptionData,
+                     cfg: PretrainConfig) -> dict[str, Any]:
+    """Perception phase: the vision tower, the projector and the per-patch heads alone, on the dense
+    targets of the labeled scenes (AdamW, cosine with 50 warm-up steps). Returns the loss history and
+    the heads' patch accuracy on held-out val scenes."""
+    from asg.backbones.tiny.perception import evaluate_perception, image_tokens, perception_loss
+
+    vlm = backbone.net["vlm"].model
+    params = [*vlm.vision_tower.parameters(), *vlm.multi_modal_projector.parameters(), *heads.parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.perception_lr, weight_decay=0.0)
+    rng = np.random.default_rng([cfg.seed, 11])
+    history = []
+    with progress_bar(total=cfg.perception_steps, desc="pretraining tiny: perception") as bar:
+        for step in range(1, cfg.perception_steps + 1):
+            for group in opt.param_groups:
+                group["lr"] = _cosine(step, cfg.perception_steps, cfg.perception_lr, 50, 0.1)
+            x, y = pdata.batch(rng, cfg.perception_batch)
+            loss, acc = perception_loss(heads, image_tokens(backbone, x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            history.append({"step": step, "loss": loss.item(), **{f"acc_{k}": v for k, v in acc.items()}})
+            bar.set(loss=loss.item(), shape=acc["shape"])
+            bar.update(1)
+    val = evaluate_perception(backbone, heads, pdata.val_pixels, pdata.val_targets)
+    return {"history": history, "val_patch_accuracy": val}
+
+
 def _quick_eval(backbone: TinyBackbone, cfg: PretrainConfig) -> dict[str, float]:
     from asg.evaluation import evaluate_geneval, evaluate_vqa
 
@@ -144,9 +199,25 @@ def pretrain(cfg: PretrainConfig, out: Path) -> dict[str, Any]:
         backbone = TinyBackbone(model_cfg, tokenizer, adapters=False, seed=cfg.seed)
         data = LabeledSet(cfg.scenes, cfg.seed, model_cfg.image_size)
         autoencoder = train_autoencoder(backbone, data, cfg)
+    from asg.backbones.tiny.perception import PerceptionHeads, evaluate_perception, image_tokens, perception_loss
+
+    perception: dict[str, Any] = {}
+    heads = pdata = None
+    if cfg.perception_steps or cfg.perception_weight:
+        heads = PerceptionHeads(backbone.config.text_hidden).to(backbone._param_dtype())
+        pdata = _PerceptionData(backbone, data, cfg)
+    if cfg.perception_steps:
+        backbone.net.train()
+        perception.update(train_perception(backbone, heads, pdata, cfg))
+        print("perception phase: val patch accuracy " + ", ".join(
+            f"{k} {v:.1f}%" for k, v in perception["val_patch_accuracy"].items()))
     backbone.net.train()
     backbone.net["vae"].eval()
+    if cfg.freeze_vision:
+        backbone.net["vlm"].model.vision_tower.requires_grad_(False)
     params = [p for p in backbone.net.parameters() if p.requires_grad]
+    if cfg.perception_weight:
+        params += list(heads.parameters())
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
@@ -165,6 +236,10 @@ def pretrain(cfg: PretrainConfig, out: Path) -> dict[str, Any]:
             gen = [generation_example(data, rng) for _ in range(cfg.batch_image)]
             flow = backbone.generator_loss([g[0] for g in gen], [g[1] for g in gen], seed=cfg.seed * 1_000_003 + step).loss
             loss = ce + cfg.flow_weight * flow
+            if cfg.perception_weight:
+                x, y = pdata.batch(rng, cfg.perception_batch)
+                aux, _ = perception_loss(heads, image_tokens(backbone, x), y)
+                loss = loss + cfg.perception_weight * aux
             opt.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
@@ -180,6 +255,10 @@ def pretrain(cfg: PretrainConfig, out: Path) -> dict[str, Any]:
                 evals.append(ev)
                 bar.write(f"step {step}: val VQA {ev['val_vqa_accuracy']:.1f}%  val GenEval-mini {ev['val_geneval_mini']:.1f}")
     backbone.net.eval()
+    backbone.net["vlm"].model.vision_tower.requires_grad_(True)
+    if heads is not None:
+        perception["after"] = evaluate_perception(backbone, heads, pdata.val_pixels, pdata.val_targets)
+        perception["history"] = perception.get("history", [])
     seconds = time.time() - t_start
     backbone.save_pretrained(out)
     report = {
@@ -195,6 +274,8 @@ def pretrain(cfg: PretrainConfig, out: Path) -> dict[str, Any]:
         "evals": evals,
         "history": history,
         "autoencoder_history": autoencoder["history"],
+        "perception": {k: v for k, v in perception.items() if k != "history"},
+        "perception_history": perception.get("history", []),
     }
     tmp = out / "pretrain_report.json.tmp"
     tmp.write_text(json.dumps(report, indent=1) + "\n")

@@ -42,6 +42,16 @@ class PretrainConfig:
     # "vision": re-initialise the vision tower and projector of ``init_from`` before training (for a
     # tower whose features collapsed; see docs/tiny.md).
     reinit: str = attrs.field(default="", validator=one_of(("", "vision")))
+    # Perception phase (after the autoencoder, before phase 2): the vision tower and projector alone,
+    # trained on dense per-patch targets from the labeled scenes (shape, colour, size, object centre;
+    # see asg/backbones/tiny/perception.py). 0 = skipped, as in the shipped weights.
+    perception_steps: int = attrs.field(default=0, validator=number(0, None, integer=True))
+    perception_lr: float = attrs.field(default=1e-3, validator=number(0.0, 1.0, lo_open=True))
+    perception_batch: int = attrs.field(default=32, validator=number(1, None, integer=True))
+    # Phase 2: weight of the same perception loss on a batch of ``perception_batch`` labeled images
+    # per step (0 = off), and whether the vision tower is frozen (the projector still trains).
+    perception_weight: float = attrs.field(default=0.0, validator=number(0.0, None))
+    freeze_vision: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
 
     def __attrs_post_init__(self) -> None:
         if self.reinit and not self.init_from:
@@ -58,8 +68,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output directory (config.json, tokenizer.json, model.safetensors, report)")
     for field in attrs.fields(PretrainConfig):
         flag = "--" + field.name.replace("_", "-")
-        parser.add_argument(flag, type=type(field.default), default=field.default,
-                            help=f"(default {field.default})")
+        if isinstance(field.default, bool):
+            parser.add_argument(flag, action="store_true", help="(default off)")
+        else:
+            parser.add_argument(flag, type=type(field.default), default=field.default,
+                                help=f"(default {field.default})")
 
 
 def config_from_args(args: argparse.Namespace) -> PretrainConfig:

@@ -1,0 +1,136 @@
+"""How right were the answers the Solver was trained toward? Grades a ShapesWorld run's U-step votes.
+
+    python -m benchmarks audit runs/benchmarks/shapes/seed0/run-full [more run directories ...]
+
+The loop never sees labels, but a ShapesWorld pool folder keeps them beside it (``<pool>.labels.jsonl``,
+written by ``asg shapes``). For every U-step question in ``rollouts.jsonl`` (the Proposer's pick and
+the extra questions of ``solver.questions_per_step``) this suite answers the question from the
+scene's ground truth with :func:`asg.shapes.answer_question` and compares the Solver's majority label
+and its greedy answer (sample 0) with it. Questions outside ShapesWorld's templates, or whose premise
+fails ("the triangle" when there are two), are counted but not graded.
+
+Read ``trained`` first: those are the questions the §3.9 gate let through to the Solver's update,
+i.e. what the Solver was taught. If their majority is hardly more accurate than their greedy answer,
+self-consistency has little to teach on them. Results go to ``benchmarks/results/audit.json`` (or
+``--out``) with a markdown table beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+
+
+def _records(run: Path) -> Iterable[dict[str, Any]]:
+    """One record per U-step question: image, question, labels, majority and whether it was trained."""
+    metrics = {}
+    if (run / "metrics.jsonl").exists():
+        for line in (run / "metrics.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            metrics[row["step"]] = row
+    for line in (run / "rollouts.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if r.get("phase") != "U" or "labels" not in r:
+            continue
+        extras = r.get("extra_questions", [])
+        if "skip" in r:
+            pick_trained = r["skip"] is None
+        else:  # runs written before rollouts recorded the pick's gate: infer it from the trained count
+            trained = metrics.get(r["step"], {}).get("solver.questions_trained", 0)
+            pick_trained = trained - sum(e["skip"] is None for e in extras) == 1
+        yield {"image": r["image"], "question": r["question"], "labels": r["labels"], "majority": r["majority"],
+               "trained": pick_trained, "pick": True}
+        for e in extras:
+            yield {"image": r["image"], "question": e["question"], "labels": e["labels"], "majority": e["majority"],
+                   "trained": e["skip"] is None, "pick": False}
+
+
+def _scenes(images: Iterable[str]) -> dict[str, Any]:
+    """Scene of every image, from the labels file beside its pool folder."""
+    from asg.shapes import Scene
+    from asg.shapes.folder import default_labels_path
+
+    out: dict[str, Any] = {}
+    for folder in sorted({str(Path(i).parent) for i in images}):
+        path = default_labels_path(Path(folder))
+        if not path.exists():
+            raise SystemExit(f"no labels for the pool {folder}: {path} is missing (was it written by `asg shapes`?)")
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            out[str(Path(folder) / row["file"])] = Scene.from_dict(row["scene"])
+    return out
+
+
+def grade(records: list[dict[str, Any]], scenes: dict[str, Any]) -> dict[str, Any]:
+    """Counts and accuracies (percent) of the majority and greedy labels, for trained and all questions,
+    overall and per question type."""
+    from asg.shapes import answer_correct, answer_question
+
+    groups: dict[str, dict[str, dict[str, float]]] = {"trained": {}, "all": {}}
+    ungraded = {"trained": 0, "all": 0}
+    for rec in records:
+        qa = answer_question(rec["question"], scenes[rec["image"]])
+        for group in ("trained", "all") if rec["trained"] else ("all",):
+            if qa is None:
+                ungraded[group] += 1
+                continue
+            for key in (qa.qtype, "all"):
+                g = groups[group].setdefault(key, {"n": 0, "majority": 0.0, "greedy": 0.0})
+                g["n"] += 1
+                g["majority"] += answer_correct(rec["majority"], qa)
+                g["greedy"] += answer_correct(rec["labels"][0], qa)
+    out: dict[str, Any] = {}
+    for group, by_type in groups.items():
+        rows = {}
+        for key in sorted(by_type, key=lambda k: (k == "all", k)):
+            g = by_type[key]
+            rows[key] = {"n": int(g["n"]), "majority": 100.0 * g["majority"] / g["n"], "greedy": 100.0 * g["greedy"] / g["n"]}
+        out[group] = {"by_qtype": rows, "ungraded": ungraded[group]}
+    return out
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = []
+    for group, title in (("trained", "Questions the Solver was trained on"), ("all", "All U-step questions")):
+        g = result[group]
+        lines += [f"{title} ({g['ungraded']} more were outside the templates or had a false premise):", "",
+                  "| question type | n | majority correct % | greedy correct % |", "|---|---:|---:|---:|"]
+        for key, r in g["by_qtype"].items():
+            name = f"**{key}**" if key == "all" else key
+            lines.append(f"| {name} | {r['n']} | {r['majority']:.1f} | {r['greedy']:.1f} |")
+        lines.append("")
+    lines.append(f"`{result['_meta']['command']}`")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from asg.train.run import atomic_write_text
+
+    runs = [Path(r) for r in args.runs]
+    for r in runs:
+        if not (r / "rollouts.jsonl").exists():
+            raise SystemExit(f"{r} is not a run directory: it has no rollouts.jsonl")
+    records = [rec for r in runs for rec in _records(r)]
+    result = grade(records, _scenes(rec["image"] for rec in records))
+    result["_meta"] = {"runs": [str(r) for r in runs], "questions": len(records),
+                       "command": "python -m benchmarks audit " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["audit"] else sys.argv[1:])}
+    out = Path(args.out) if args.out else RESULTS / "audit.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(result, indent=1) + "\n")
+    atomic_write_text(out.with_suffix(".md"), table(result) + "\n")
+    print(table(result))
+    return result
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="python -m benchmarks audit", description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", help="run directories of `asg train` on a ShapesWorld pool folder")
+    p.add_argument("--out", help="result file (default benchmarks/results/audit.json)")
+    return p

@@ -1,0 +1,71 @@
+"""``python -m benchmarks audit``: a run's votes graded against the pool's ground truth, by hand."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from asg.shapes import scene_for, write_unlabeled_folder
+from benchmarks.audit import _records, _scenes, grade
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(tmp_path: Path) -> tuple[Path, dict[str, int]]:
+    pool = tmp_path / "pool"
+    write_unlabeled_folder(pool, n=2, seed=5, split="pool")
+    truth = {i: scene_for("pool", 5, i).count() for i in range(2)}  # number of objects per image
+    img = [str(pool / f"{i:06d}.png") for i in range(2)]
+    wrong = lambda i: str(truth[i] + 1)  # noqa: E731
+    rollouts = [
+        # step 1: pick trained (recorded gate), majority right, greedy wrong; extra skipped, majority wrong
+        {"step": 1, "phase": "U", "image": img[0], "question": "How many shapes are there?",
+         "labels": [wrong(0), str(truth[0]), str(truth[0])], "majority": str(truth[0]), "skip": None,
+         "extra_questions": [{"question": "How many shapes are there?", "labels": [wrong(0)] * 3,
+                              "majority": wrong(0), "skip": "easy"}]},
+        # step 2: an old-format rollout (no "skip"): 1 trained question, the extra's gate passed -> pick skipped
+        {"step": 2, "phase": "U", "image": img[1], "question": "Describe the image.",
+         "labels": ["x", "x", "y"], "majority": "x",
+         "extra_questions": [{"question": "How many shapes are there?", "labels": [str(truth[1])] * 2 + [wrong(1)],
+                              "majority": str(truth[1]), "skip": None}]},
+        {"step": 3, "phase": "G", "image": img[1]},
+    ]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "rollouts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rollouts))
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 2, "solver.questions_trained": 1}) + "\n")
+    return run, truth
+
+
+def test_grade_by_hand(tmp_path: Path) -> None:
+    run, _ = _run(tmp_path)
+    records = list(_records(run))
+    assert [(r["pick"], r["trained"]) for r in records] == [(True, True), (False, False), (True, False), (False, True)]
+    result = grade(records, _scenes(r["image"] for r in records))
+    trained = result["trained"]["by_qtype"]["all"]
+    assert trained == {"n": 2, "majority": 100.0, "greedy": 50.0}  # step-1 pick (greedy wrong), step-2 extra
+    assert result["trained"]["ungraded"] == 0
+    everything = result["all"]
+    assert everything["by_qtype"]["count"] == {"n": 3, "majority": pytest.approx(200 / 3), "greedy": pytest.approx(100 / 3)}
+    assert everything["ungraded"] == 1  # "Describe the image." is no template question
+
+
+def test_audit_suite_end_to_end_and_errors(tmp_path: Path) -> None:
+    run, _ = _run(tmp_path)
+    out = tmp_path / "a.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "audit", str(run), "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(out.read_text())["_meta"]["questions"] == 4
+    assert "| **all** | 2 | 100.0 | 50.0 |" in out.with_suffix(".md").read_text()
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "audit", str(tmp_path)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    assert proc.returncode != 0 and "has no rollouts.jsonl" in proc.stderr
+    (tmp_path / "pool.labels.jsonl").unlink()
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "audit", str(run), "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode != 0 and "pool.labels.jsonl is missing" in proc.stderr
