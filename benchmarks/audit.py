@@ -6,8 +6,9 @@ The loop never sees labels, but a ShapesWorld pool folder keeps them beside it (
 written by ``asg shapes``). For every U-step question in ``rollouts.jsonl`` (the Proposer's pick and
 the extra questions of ``solver.questions_per_step``) this suite answers the question from the
 scene's ground truth with :func:`asg.shapes.answer_question` and compares the Solver's majority label
-and its greedy answer (sample 0) with it. Questions outside ShapesWorld's templates, or whose premise
-fails ("the triangle" when there are two), are counted but not graded.
+and its greedy answer (sample 0) with it. Questions whose premise fails ("the triangle" when there are
+two, "the yellow object" when there is none) have no right answer; they are listed per template with
+the majority answers the Solver gave them. Questions outside the templates are only counted.
 
 Read ``trained`` first: those are the questions the §3.9 gate let through to the Solver's update,
 i.e. what the Solver was taught. If their majority is hardly more accurate than their greedy answer,
@@ -70,16 +71,24 @@ def _scenes(images: Iterable[str]) -> dict[str, Any]:
 
 def grade(records: list[dict[str, Any]], scenes: dict[str, Any]) -> dict[str, Any]:
     """Counts and accuracies (percent) of the majority and greedy labels, for trained and all questions,
-    overall and per question type."""
-    from asg.shapes import answer_correct, answer_question
+    overall and per question type; and the questions that could not be graded: template questions
+    whose premise fails (with their majority answers, per template) and questions outside the
+    templates."""
+    from asg.shapes import answer_correct, answer_question, question_template
 
     groups: dict[str, dict[str, dict[str, float]]] = {"trained": {}, "all": {}}
-    ungraded = {"trained": 0, "all": 0}
+    premise: dict[str, dict[str, dict[str, int]]] = {"trained": {}, "all": {}}
+    other = {"trained": 0, "all": 0}
     for rec in records:
         qa = answer_question(rec["question"], scenes[rec["image"]])
+        template = question_template(rec["question"]) if qa is None else None
         for group in ("trained", "all") if rec["trained"] else ("all",):
             if qa is None:
-                ungraded[group] += 1
+                if template is None:
+                    other[group] += 1
+                else:
+                    answers = premise[group].setdefault(template[0], {})
+                    answers[rec["majority"]] = answers.get(rec["majority"], 0) + 1
                 continue
             for key in (qa.qtype, "all"):
                 g = groups[group].setdefault(key, {"n": 0, "majority": 0.0, "greedy": 0.0})
@@ -92,7 +101,10 @@ def grade(records: list[dict[str, Any]], scenes: dict[str, Any]) -> dict[str, An
         for key in sorted(by_type, key=lambda k: (k == "all", k)):
             g = by_type[key]
             rows[key] = {"n": int(g["n"]), "majority": 100.0 * g["majority"] / g["n"], "greedy": 100.0 * g["greedy"] / g["n"]}
-        out[group] = {"by_qtype": rows, "ungraded": ungraded[group]}
+        false_premise = {kind: dict(sorted(a.items(), key=lambda kv: (-kv[1], kv[0]))) for kind, a in sorted(premise[group].items())}
+        out[group] = {"by_qtype": rows, "false_premise": false_premise,
+                      "false_premise_total": sum(sum(a.values()) for a in false_premise.values()),
+                      "not_template": other[group]}
     return out
 
 
@@ -100,11 +112,17 @@ def table(result: dict[str, Any]) -> str:
     lines = []
     for group, title in (("trained", "Questions the Solver was trained on"), ("all", "All U-step questions")):
         g = result[group]
-        lines += [f"{title} ({g['ungraded']} more were outside the templates or had a false premise):", "",
-                  "| question type | n | majority correct % | greedy correct % |", "|---|---:|---:|---:|"]
+        lines += [f"{title}:", "", "| question type | n | majority correct % | greedy correct % |", "|---|---:|---:|---:|"]
         for key, r in g["by_qtype"].items():
             name = f"**{key}**" if key == "all" else key
             lines.append(f"| {name} | {r['n']} | {r['majority']:.1f} | {r['greedy']:.1f} |")
+        lines += ["", f"Not graded: {g['false_premise_total']} template questions whose premise fails "
+                  f"(the named object is missing or not unique), {g['not_template']} outside the templates."]
+        if g["false_premise"]:
+            lines += ["", "| template, false premise | n | majority answers (count) |", "|---|---:|---|"]
+            for kind, answers in g["false_premise"].items():
+                shown = ", ".join(f"{a} ({c})" for a, c in list(answers.items())[:4])
+                lines.append(f"| {kind} | {sum(answers.values())} | {shown} |")
         lines.append("")
     lines.append(f"`{result['_meta']['command']}`")
     return "\n".join(lines)

@@ -62,8 +62,9 @@ def probe_accuracy(x_train: Any, y_train: Any, x_test: Any, y_test: Any, *, clas
 
 def pixels(backbone: Any, images: list[Any]) -> Any:
     """The vision tower's input for ``images``: the backbone's own image processor, in its dtype."""
-    processor = backbone._image_processor.image_processor
-    return processor(images, return_tensors="pt")["pixel_values"].to(backbone._param_dtype())
+    from asg.backbones.tiny.perception import pixel_values
+
+    return pixel_values(backbone, images)
 
 
 def features(backbone: Any, images: list[Any], batch: int = 200) -> dict[str, Any]:

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _run(tmp_path: Path) -> tuple[Path, dict[str, int]]:
     pool = tmp_path / "pool"
     write_unlabeled_folder(pool, n=2, seed=5, split="pool")
+    assert scene_for("pool", 5, 0).count(color="purple") == 2  # the false premise of step 3: two purple objects
     truth = {i: scene_for("pool", 5, i).count() for i in range(2)}  # number of objects per image
     img = [str(pool / f"{i:06d}.png") for i in range(2)]
     wrong = lambda i: str(truth[i] + 1)  # noqa: E731
@@ -32,7 +33,10 @@ def _run(tmp_path: Path) -> tuple[Path, dict[str, int]]:
          "labels": ["x", "x", "y"], "majority": "x",
          "extra_questions": [{"question": "How many shapes are there?", "labels": [str(truth[1])] * 2 + [wrong(1)],
                               "majority": str(truth[1]), "skip": None}]},
-        {"step": 3, "phase": "G", "image": img[1]},
+        # step 3: a template question whose premise fails, skipped by its gate
+        {"step": 3, "phase": "U", "image": img[0], "question": "What shape is the purple object?",
+         "labels": ["circle"] * 3, "majority": "circle", "skip": "easy"},
+        {"step": 4, "phase": "G", "image": img[1]},
     ]
     run = tmp_path / "run"
     run.mkdir()
@@ -44,14 +48,16 @@ def _run(tmp_path: Path) -> tuple[Path, dict[str, int]]:
 def test_grade_by_hand(tmp_path: Path) -> None:
     run, _ = _run(tmp_path)
     records = list(_records(run))
-    assert [(r["pick"], r["trained"]) for r in records] == [(True, True), (False, False), (True, False), (False, True)]
+    assert [(r["pick"], r["trained"]) for r in records] == [(True, True), (False, False), (True, False), (False, True),
+                                                            (True, False)]
     result = grade(records, _scenes(r["image"] for r in records))
     trained = result["trained"]["by_qtype"]["all"]
     assert trained == {"n": 2, "majority": 100.0, "greedy": 50.0}  # step-1 pick (greedy wrong), step-2 extra
-    assert result["trained"]["ungraded"] == 0
+    assert result["trained"]["false_premise_total"] == 0 and result["trained"]["not_template"] == 0
     everything = result["all"]
     assert everything["by_qtype"]["count"] == {"n": 3, "majority": pytest.approx(200 / 3), "greedy": pytest.approx(100 / 3)}
-    assert everything["ungraded"] == 1  # "Describe the image." is no template question
+    assert everything["not_template"] == 1  # "Describe the image." is no template question
+    assert everything["false_premise"] == {"shape": {"circle": 1}}  # "the purple object": image 0 has two
 
 
 def test_audit_suite_end_to_end_and_errors(tmp_path: Path) -> None:
@@ -60,7 +66,7 @@ def test_audit_suite_end_to_end_and_errors(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "audit", str(run), "--out", str(out)],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(out.read_text())["_meta"]["questions"] == 4
+    assert json.loads(out.read_text())["_meta"]["questions"] == 5
     assert "| **all** | 2 | 100.0 | 50.0 |" in out.with_suffix(".md").read_text()
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "audit", str(tmp_path)], capture_output=True, text=True,
                           cwd=ROOT, timeout=300)

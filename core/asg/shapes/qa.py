@@ -166,6 +166,20 @@ _TEMPLATES: tuple[tuple[str, str], ...] = (
 )
 
 
+def question_template(question: str) -> tuple[str, dict[str, str]] | None:
+    """Which of ShapesWorld's question templates ``question`` is (any case, trailing "?" optional), with
+    the named colours, shapes and relation; None for anything else. Kinds: count_all, count_shape,
+    count_color, color, shape, existence, position."""
+    import re
+
+    text = " ".join(str(question).lower().strip().rstrip("?").split())
+    for kind, pattern in _TEMPLATES:
+        m = re.fullmatch(pattern, text)
+        if m is not None:
+            return kind, {k: v for k, v in m.groupdict().items() if v is not None}
+    return None
+
+
 def answer_question(question: str, scene: Scene) -> QA | None:
     """Ground truth for a question in one of ShapesWorld's templates (any case, trailing "?" optional).
 
@@ -175,37 +189,32 @@ def answer_question(question: str, scene: Scene) -> QA | None:
     follow the asked relation's axis; centres closer than ``POSITION_MARGIN`` on that axis have no
     answer (None), as the generator never asks them. Used to audit what a loop trained toward.
     """
-    import re
-
     if not isinstance(scene, Scene):
         raise TypeError(f"scene must be a Scene, got {type(scene).__name__}")
-    text = " ".join(str(question).lower().strip().rstrip("?").split())
-    for kind, pattern in _TEMPLATES:
-        m = re.fullmatch(pattern, text)
-        if m is None:
-            continue
-        g = m.groupdict()
-        if kind == "count_all":
-            return QA(question, str(len(scene.objects)), "count")
-        if kind == "count_shape":
-            return QA(question, str(scene.count(shape=g["shape"])), "count")
-        if kind == "count_color":
-            return QA(question, str(scene.count(color=g["color"])), "count")
-        if kind == "color":
-            hits = [o for o in scene.objects if o.shape == g["shape"]]
-            return QA(question, hits[0].color, "color") if len(hits) == 1 else None
-        if kind == "shape":
-            hits = [o for o in scene.objects if o.color == g["color"]]
-            return QA(question, hits[0].shape, "shape") if len(hits) == 1 else None
-        if kind == "existence":
-            return QA(question, _yes_no(scene.count(g["shape"], g["color"]) > 0), "existence")
-        a = [o for o in scene.objects if (o.color, o.shape) == (g["c1"], g["s1"])]
-        b = [o for o in scene.objects if (o.color, o.shape) == (g["c2"], g["s2"])]
-        if len(a) != 1 or len(b) != 1 or a[0] is b[0]:
-            return None
-        _, axis, smaller = next(p for p in _RELATION_PHRASES if p[0] == g["rel"])
-        first, second = getattr(a[0], axis), getattr(b[0], axis)
-        if abs(first - second) <= POSITION_MARGIN:
-            return None
-        return QA(question, _yes_no((first < second) == smaller), "position")
-    return None
+    match = question_template(question)
+    if match is None:
+        return None
+    kind, g = match
+    if kind == "count_all":
+        return QA(question, str(len(scene.objects)), "count")
+    if kind == "count_shape":
+        return QA(question, str(scene.count(shape=g["shape"])), "count")
+    if kind == "count_color":
+        return QA(question, str(scene.count(color=g["color"])), "count")
+    if kind == "color":
+        hits = [o for o in scene.objects if o.shape == g["shape"]]
+        return QA(question, hits[0].color, "color") if len(hits) == 1 else None
+    if kind == "shape":
+        hits = [o for o in scene.objects if o.color == g["color"]]
+        return QA(question, hits[0].shape, "shape") if len(hits) == 1 else None
+    if kind == "existence":
+        return QA(question, _yes_no(scene.count(g["shape"], g["color"]) > 0), "existence")
+    a = [o for o in scene.objects if (o.color, o.shape) == (g["c1"], g["s1"])]
+    b = [o for o in scene.objects if (o.color, o.shape) == (g["c2"], g["s2"])]
+    if len(a) != 1 or len(b) != 1 or a[0] is b[0]:
+        return None
+    _, axis, smaller = next(p for p in _RELATION_PHRASES if p[0] == g["rel"])
+    first, second = getattr(a[0], axis), getattr(b[0], axis)
+    if abs(first - second) <= POSITION_MARGIN:
+        return None
+    return QA(question, _yes_no((first < second) == smaller), "position")

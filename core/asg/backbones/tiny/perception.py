@@ -69,6 +69,14 @@ class PerceptionHeads(nn.Module):
         return {name: head(tokens) for name, head in self.heads.items()}
 
 
+def pixel_values(backbone: Any, images: list[Any], batch: int = 500) -> torch.Tensor:
+    """The vision tower's input for ``images`` (PIL), through the backbone's own image processor, in
+    the backbone's dtype."""
+    processor = backbone._image_processor.image_processor
+    return torch.cat([processor(images[i:i + batch], return_tensors="pt")["pixel_values"]
+                      for i in range(0, len(images), batch)]).to(backbone._param_dtype())
+
+
 def image_tokens(backbone: Any, pixel_values: torch.Tensor) -> torch.Tensor:
     """The projector output for ``pixel_values``: the image tokens the language model reads,
     ``(batch, patches, text width)``. Uses the same layer the LLaVA model feeds its projector."""

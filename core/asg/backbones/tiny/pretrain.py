@@ -1,7 +1,8 @@
 """`asg tiny pretrain`: train `tiny` from scratch on a small labeled ShapesWorld set, on CPU.
 
 Phase 1 trains the autoencoder on the labeled images (L1 + L2 reconstruction, a 1e-6 KL term) and
-fixes the latent normalisation. Phase 2 trains everything else, the autoencoder frozen: one step = a
+fixes the latent normalisation. An optional perception phase (``perception_steps``) then trains the
+vision tower and projector alone on dense per-patch targets of the labeled scenes (perception.py). Phase 2 trains everything else, the autoencoder frozen: one step = a
 batch of understanding examples (teacher-forced cross-entropy on the assistant turn, through the same
 ``score`` primitive the loop uses) + a batch of text-to-image pairs (the same ``generator_loss`` the
 loop uses). AdamW, linear warm-up then cosine decay. Deterministic for a given seed, code version and
@@ -23,6 +24,8 @@ import torch
 
 from asg.backbones.tiny.config import TinyConfig
 from asg.backbones.tiny.model import TinyBackbone, image_to_tensor
+from asg.backbones.tiny.perception import (PerceptionHeads, evaluate_perception, image_tokens, perception_loss,
+                                           pixel_values, stack_targets)
 from asg.backbones.tiny.pretrain_config import PretrainConfig, config_from_args
 from asg.backbones.tiny.pretrain_data import LabeledSet, generation_example, tokenizer_corpus, understanding_example
 from asg.backbones.tiny.tokenizer import train_tokenizer
@@ -78,25 +81,17 @@ def train_autoencoder(backbone: TinyBackbone, data: LabeledSet, cfg: PretrainCon
             "latent_shift": backbone.config.latent_shift, "latent_scale": backbone.config.latent_scale}
 
 
-def _pixels(backbone: TinyBackbone, images: list[Any], batch: int = 500) -> torch.Tensor:
-    """The vision tower's input for ``images``, through the backbone's own image processor."""
-    processor = backbone._image_processor.image_processor
-    return torch.cat([processor(images[i:i + batch], return_tensors="pt")["pixel_values"]
-                      for i in range(0, len(images), batch)]).to(backbone._param_dtype())
-
-
 class _PerceptionData:
     """The labeled images as pixel tensors with their per-patch targets, and a val set to check on."""
 
     def __init__(self, backbone: TinyBackbone, data: LabeledSet, cfg: PretrainConfig) -> None:
-        from asg.backbones.tiny.perception import stack_targets
         from asg.shapes import render, scene_for
 
         grid = backbone.config.image_size // backbone.config.patch_size
-        self.pixels = _pixels(backbone, data.images)
+        self.pixels = pixel_values(backbone, data.images)
         self.targets = stack_targets(data.scenes, grid)
         val = [scene_for("val", cfg.seed, 10_000 + i) for i in range(500)]  # not the scenes _quick_eval uses
-        self.val_pixels = _pixels(backbone, [render(s, backbone.config.image_size) for s in val])
+        self.val_pixels = pixel_values(backbone, [render(s, backbone.config.image_size) for s in val])
         self.val_targets = stack_targets(val, grid)
 
     def batch(self, rng: np.random.Generator, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -109,8 +104,6 @@ def train_perception(backbone: TinyBackbone, heads: torch.nn.Module, pdata: _Per
     """Perception phase: the vision tower, the projector and the per-patch heads alone, on the dense
     targets of the labeled scenes (AdamW, cosine with 50 warm-up steps). Returns the loss history and
     the heads' patch accuracy on held-out val scenes."""
-    from asg.backbones.tiny.perception import evaluate_perception, image_tokens, perception_loss
-
     vlm = backbone.net["vlm"].model
     params = [*vlm.vision_tower.parameters(), *vlm.multi_modal_projector.parameters(), *heads.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.perception_lr, weight_decay=0.0)
@@ -199,8 +192,6 @@ def pretrain(cfg: PretrainConfig, out: Path) -> dict[str, Any]:
         backbone = TinyBackbone(model_cfg, tokenizer, adapters=False, seed=cfg.seed)
         data = LabeledSet(cfg.scenes, cfg.seed, model_cfg.image_size)
         autoencoder = train_autoencoder(backbone, data, cfg)
-    from asg.backbones.tiny.perception import PerceptionHeads, evaluate_perception, image_tokens, perception_loss
-
     perception: dict[str, Any] = {}
     heads = pdata = None
     if cfg.perception_steps or cfg.perception_weight:
@@ -258,7 +249,6 @@ def pretrain(cfg: PretrainConfig, out: Path) -> dict[str, Any]:
     backbone.net["vlm"].model.vision_tower.requires_grad_(True)
     if heads is not None:
         perception["after"] = evaluate_perception(backbone, heads, pdata.val_pixels, pdata.val_targets)
-        perception["history"] = perception.get("history", [])
     seconds = time.time() - t_start
     backbone.save_pretrained(out)
     report = {
