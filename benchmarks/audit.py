@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from benchmarks._results import command_line, write_result
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
@@ -129,8 +130,6 @@ def table(result: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from asg.train.run import atomic_write_text
-
     runs = [Path(r) for r in args.runs]
     for r in runs:
         if not (r / "rollouts.jsonl").exists():
@@ -138,11 +137,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     records = [rec for r in runs for rec in _records(r)]
     result = grade(records, _scenes(rec["image"] for rec in records))
     result["_meta"] = {"runs": [str(r) for r in runs], "questions": len(records),
-                       "command": "python -m benchmarks audit " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["audit"] else sys.argv[1:])}
-    out = Path(args.out) if args.out else RESULTS / "audit.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(result, indent=1) + "\n")
-    atomic_write_text(out.with_suffix(".md"), table(result) + "\n")
+                       "command": command_line("audit")}
+    write_result(Path(args.out) if args.out else RESULTS / "audit.json", result, table(result))
     print(table(result))
     return result
 

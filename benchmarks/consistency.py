@@ -20,13 +20,13 @@ Results go to ``benchmarks/results/consistency[-<split>].json`` and a markdown t
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from benchmarks._results import command_line, write_result
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
@@ -100,7 +100,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                              "majority_ok": majority_ok})
             bar.update(len(chunk))
     return {"by_qtype": tally(records), "by_vote": by_vote(rows, args.n), "items": rows, "_meta": {
-        "command": "python -m benchmarks consistency " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["consistency"] else sys.argv[1:]),
+        "command": command_line("consistency"),
         "backbone": args.backbone, "adapters": str(args.adapters) if args.adapters else None, "split": args.split,
         "seed": args.seed, "questions": args.questions, "n": args.n, "seconds": round(time.time() - t0, 1),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
@@ -125,20 +125,16 @@ def table(result: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from asg.train.run import atomic_write_text
-
     if args.questions < 1 or args.n < 2 or args.batch < 1:
         raise SystemExit(f"--questions and --batch must be >= 1 and --n >= 2, got {args.questions}, {args.batch}, {args.n}")
     if args.adapters is not None and not Path(args.adapters).exists():
         raise SystemExit(f"--adapters: {args.adapters} does not exist")
     result = measure(args)
     out = Path(args.out) if args.out else RESULTS / ("consistency.json" if args.split == "test" else f"consistency-{args.split}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(result, indent=1) + "\n")
     meta = result["_meta"]
     text = table(result)
-    out.with_suffix(".md").write_text(f"# Greedy vs. majority-of-{meta['n']} accuracy ({meta['split']} split)\n\n"
-                                      f"`{meta['command']}`\n\n{text}\n\n{meta['machine']}, {meta['seconds']} s\n")
+    write_result(out, result, f"# Greedy vs. majority-of-{meta['n']} accuracy ({meta['split']} split)\n\n"
+                              f"`{meta['command']}`\n\n{text}\n\n{meta['machine']}, {meta['seconds']} s")
     print(text)
     print(f"\nwrote {out} and {out.with_suffix('.md')}")
     return result

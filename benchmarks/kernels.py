@@ -44,6 +44,8 @@ from typing import Any
 
 import torch
 
+from benchmarks._results import write_result
+
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
 OPS = ("token_stats", "token_kl", "linear_token_stats")
@@ -300,11 +302,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print()
     print(text)
     out = Path(args.out) if args.out else RESULTS / f"kernels-{device}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    tmp.replace(out)
-    out.with_suffix(".md").write_text(f"# kernels on {info.get('gpu') or info['cpu']} ({device}, {args.dtype})\n\n{text}\n")
+    write_result(out, report, f"# kernels on {info.get('gpu') or info['cpu']} ({device}, {args.dtype})\n\n{text}")
     print(f"\nwrote {out} and {out.with_suffix('.md')}")
     return report
 

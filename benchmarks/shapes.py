@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks._results import command_line, write_result
+
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
 
@@ -143,7 +145,7 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
                 per[metric]["base"].append(base.get(metric, float("nan")))
                 per[metric]["evolved"].append(value)
     results["_meta"] = {  # type: ignore[assignment]
-        "command": "python -m benchmarks shapes " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["shapes"] else sys.argv[1:]),
+        "command": command_line("shapes"),
         "seeds": args.seeds, "variants": list(args.variants), "split": args.split, "steps": args.steps,
         "images": args.images, "questions": args.questions, "per_tag": args.per_tag,
         "model": str(args.model) if args.model else "shipped tiny base",
@@ -240,14 +242,10 @@ def _paths(args: argparse.Namespace) -> Path:
 
 
 def write(results: dict[str, Any], out: Path) -> None:
-    from asg.train.run import atomic_write_text
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(results, indent=1) + "\n")
     meta = results.get("_meta", {})
     text = summary_table(results) + "\n\n" + table(results)
-    out.with_suffix(".md").write_text(
-        f"# ShapesWorld self-evolution ({meta.get('split', 'test')} split)\n\n`{meta.get('command', '')}`\n\n{text}\n")
+    write_result(out, results, f"# ShapesWorld self-evolution ({meta.get('split', 'test')} split)\n\n"
+                               f"`{meta.get('command', '')}`\n\n{text}")
     plot(results, out.with_suffix(".png"))
     print(text)
     print(f"\nwrote {out}, {out.with_suffix('.md')} and {out.with_suffix('.png')}")

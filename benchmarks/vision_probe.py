@@ -25,12 +25,12 @@ not from the language model's answer tokens, the limit is the training signal, n
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from benchmarks._results import command_line, write_result
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
@@ -60,22 +60,17 @@ def probe_accuracy(x_train: Any, y_train: Any, x_test: Any, y_test: Any, *, clas
     return train, test
 
 
-def pixels(backbone: Any, images: list[Any]) -> Any:
-    """The vision tower's input for ``images``: the backbone's own image processor, in its dtype."""
-    from asg.backbones.tiny.perception import pixel_values
-
-    return pixel_values(backbone, images)
-
-
 def features(backbone: Any, images: list[Any], batch: int = 200) -> dict[str, Any]:
     """Flattened features of every vision-tower layer and of the projector, as (N, tokens x width)."""
     import torch
+
+    from asg.backbones.tiny.perception import pixel_values
 
     vlm = backbone.net["vlm"].model
     out: dict[str, list[Any]] = {}
     with torch.no_grad():
         for start in range(0, len(images), batch):
-            hidden = vlm.vision_tower(pixels(backbone, images[start:start + batch]), output_hidden_states=True).hidden_states
+            hidden = vlm.vision_tower(pixel_values(backbone, images[start:start + batch]), output_hidden_states=True).hidden_states
             for layer, h in enumerate(hidden):
                 out.setdefault(f"layer {layer}", []).append(h.reshape(len(h), -1).float())
             proj = vlm.multi_modal_projector(hidden[-1])
@@ -114,6 +109,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from asg.backbones.tiny.model import TinyBackbone
+    from asg.backbones.tiny.perception import pixel_values
     from asg.shapes import render
     from asg.shapes.sampling import sample_scene
     from asg.shapes.vocab import SHAPES
@@ -139,10 +135,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
         def draw(n: int) -> tuple[Any, Any]:
             batch = [sample_scene(rng, 1, 1) for _ in range(n)]
-            return (pixels(backbone, [render(s, size) for s in batch]),
+            return (pixel_values(backbone, [render(s, size) for s in batch]),
                     torch.tensor([SHAPES.index(s.objects[0].shape) for s in batch]))
 
-        held_out = (pixels(backbone, images[args.train:]), labels[args.train:])
+        held_out = (pixel_values(backbone, images[args.train:]), labels[args.train:])
         supervised = supervised_curve(backbone, draw, held_out, classes=len(SHAPES), steps=args.supervised,
                                       seed=args.seed)
         for point in supervised:
@@ -151,7 +147,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "rows": rows,
         "supervised": supervised,
         "_meta": {
-            "command": "python -m benchmarks vision_probe " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["vision_probe"] else sys.argv[1:]),
+            "command": command_line("vision_probe"),
             "model": str(args.model) if args.model else f"tiny preset {args.preset or 'base'}",
             "train_scenes": args.train, "test_scenes": args.test, "steps": args.steps, "seed": args.seed,
             "chance": 100.0 / len(SHAPES), "seconds": round(time.time() - t0, 1),
@@ -177,13 +173,8 @@ def table(results: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from asg.train.run import atomic_write_text
-
-    out = Path(args.out) if args.out else RESULTS / "vision-probe.json"
     results = measure(args)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(results, indent=1) + "\n")
-    atomic_write_text(out.with_suffix(".md"), table(results) + "\n")
+    write_result(Path(args.out) if args.out else RESULTS / "vision-probe.json", results, table(results))
     print(table(results))
     return results
 

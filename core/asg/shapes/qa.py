@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import attrs
@@ -155,7 +156,7 @@ def qa_for(split: str, seed: int, index: int) -> list[QA]:
 _COLOR_RE = "|".join(COLORS)
 _SHAPE_RE = "|".join(SHAPES)
 _REL_RE = "|".join(p[0] for p in _RELATION_PHRASES)
-_TEMPLATES: tuple[tuple[str, str], ...] = (
+_TEMPLATES: tuple[tuple[str, re.Pattern[str]], ...] = tuple((kind, re.compile(pattern)) for kind, pattern in (
     ("count_all", r"how many shapes are there"),
     ("count_shape", rf"how many (?P<shape>{_SHAPE_RE})s are there"),
     ("count_color", rf"how many (?P<color>{_COLOR_RE}) shapes are there"),
@@ -163,18 +164,16 @@ _TEMPLATES: tuple[tuple[str, str], ...] = (
     ("shape", rf"what shape is the (?P<color>{_COLOR_RE}) object"),
     ("existence", rf"is there an? (?P<color>{_COLOR_RE}) (?P<shape>{_SHAPE_RE})"),
     ("position", rf"is the (?P<c1>{_COLOR_RE}) (?P<s1>{_SHAPE_RE}) (?P<rel>{_REL_RE}) the (?P<c2>{_COLOR_RE}) (?P<s2>{_SHAPE_RE})"),
-)
+))
 
 
 def question_template(question: str) -> tuple[str, dict[str, str]] | None:
     """Which of ShapesWorld's question templates ``question`` is (any case, trailing "?" optional), with
     the named colours, shapes and relation; None for anything else. Kinds: count_all, count_shape,
     count_color, color, shape, existence, position."""
-    import re
-
     text = " ".join(str(question).lower().strip().rstrip("?").split())
     for kind, pattern in _TEMPLATES:
-        m = re.fullmatch(pattern, text)
+        m = pattern.fullmatch(text)
         if m is not None:
             return kind, {k: v for k, v in m.groupdict().items() if v is not None}
     return None

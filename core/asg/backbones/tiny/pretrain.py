@@ -2,11 +2,11 @@
 
 Phase 1 trains the autoencoder on the labeled images (L1 + L2 reconstruction, a 1e-6 KL term) and
 fixes the latent normalisation. An optional perception phase (``perception_steps``) then trains the
-vision tower and projector alone on dense per-patch targets of the labeled scenes (perception.py). Phase 2 trains everything else, the autoencoder frozen: one step = a
-batch of understanding examples (teacher-forced cross-entropy on the assistant turn, through the same
-``score`` primitive the loop uses) + a batch of text-to-image pairs (the same ``generator_loss`` the
-loop uses). AdamW, linear warm-up then cosine decay. Deterministic for a given seed, code version and
-thread count.
+vision tower and projector alone on dense per-patch targets of the labeled scenes (perception.py).
+Phase 2 trains everything else, the autoencoder frozen: one step = a batch of understanding examples
+(teacher-forced cross-entropy on the assistant turn, through the same ``score`` primitive the loop
+uses) + a batch of text-to-image pairs (the same ``generator_loss`` the loop uses). AdamW, linear
+warm-up then cosine decay. Deterministic for a given seed, code version and thread count.
 """
 
 from __future__ import annotations
