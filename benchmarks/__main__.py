@@ -12,6 +12,7 @@ SUITES = {
     "consistency": ("benchmarks.consistency", "how much self-consistency can teach: greedy vs majority-of-N accuracy"),
     "vision_probe": ("benchmarks.vision_probe", "does the vision tower keep what a shape is: linear probes per layer"),
     "audit": ("benchmarks.audit", "how right were the Solver's training targets: a ShapesWorld run's votes against ground truth"),
+    "label_quality": ("benchmarks.label_quality", "what labels of a given accuracy teach the Solver: fine-tune on pool questions, measure VQA"),
     "shapes": ("benchmarks.shapes", "self-evolution of tiny on ShapesWorld: base vs evolved, full recipe and ablations"),
 }
 

@@ -23,3 +23,14 @@ def write_result(out: Path, result: Any, markdown: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(result, indent=1) + "\n")
     atomic_write_text(out.with_suffix(".md"), markdown.rstrip("\n") + "\n")
+
+
+def publish(out: Path, result: dict[str, Any], title: str, text: str, intro: str = "") -> None:
+    """Write ``result`` and its markdown page (title, the reproducing command from ``result["_meta"]``,
+    ``intro``, the table ``text``, the machine and run time), then print the table and where it went."""
+    meta = result["_meta"]
+    parts = [f"# {title}", f"`{meta['command']}`", *([intro] if intro else []), text,
+             f"{meta['machine']}, {meta['seconds']} s"]
+    write_result(out, result, "\n\n".join(parts))
+    print(text)
+    print(f"\nwrote {out} and {Path(out).with_suffix('.md')}")

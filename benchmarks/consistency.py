@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from benchmarks._results import command_line, write_result
+from benchmarks._results import command_line, publish
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
@@ -132,11 +132,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result = measure(args)
     out = Path(args.out) if args.out else RESULTS / ("consistency.json" if args.split == "test" else f"consistency-{args.split}.json")
     meta = result["_meta"]
-    text = table(result)
-    write_result(out, result, f"# Greedy vs. majority-of-{meta['n']} accuracy ({meta['split']} split)\n\n"
-                              f"`{meta['command']}`\n\n{text}\n\n{meta['machine']}, {meta['seconds']} s")
-    print(text)
-    print(f"\nwrote {out} and {out.with_suffix('.md')}")
+    publish(out, result, f"Greedy vs. majority-of-{meta['n']} accuracy ({meta['split']} split)", table(result))
     return result
 
 

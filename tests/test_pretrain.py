@@ -102,6 +102,23 @@ def test_continue_with_a_fresh_vision_tower(runs, tmp_path: Path) -> None:
     assert moved("vlm.model.vision_tower.") > 0.01 and moved("vlm.model.multi_modal_projector.") > 0.01
 
 
+def test_continue_with_everything_fresh_but_the_autoencoder(runs, tmp_path: Path) -> None:
+    """--reinit all keeps the tokenizer and the autoencoder and replaces every other weight (at a
+    negligible lr, so what moved was re-initialised, not trained)."""
+    out = tmp_path / "fresh"
+    pretrain(PretrainConfig(init_from=str(runs["a"]), reinit="all", lr=1e-12, vqa_share=1.0, **SMALL), out)
+    assert (out / "tokenizer.json").read_bytes() == (runs["a"] / "tokenizer.json").read_bytes()
+    before, after = load_file(str(runs["a"] / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert before.keys() == after.keys()
+    for k in before:
+        diff = float((before[k] - after[k]).abs().max())
+        if k.startswith("vae."):
+            assert diff == 0.0, k
+        elif before[k].numel() > 1 and before[k].float().std() > 0:  # norms initialised to ones stay equal
+            assert diff > 0.0, k
+    assert any(k.startswith("gen.") for k in before) and any(k.startswith("vlm.model.language_model.") for k in before)
+
+
 def test_continuation_errors_name_the_problem(runs, tmp_path: Path) -> None:
     from asg.errors import ConfigError, DataError
 

@@ -244,3 +244,15 @@ def test_answer_question_by_hand() -> None:
     assert answer_question("Is the red circle above the red circle?", scene) is None  # the same object
     assert answer_question("Is the green circle above the red square?", scene) is None  # no green circle
     assert answer_question("Describe the image.", scene) is None
+
+
+def test_answer_words_are_what_right_answers_normalise_to():
+    from asg.shapes import answer_words, normalize_answer
+
+    assert answer_words("count") == tuple(str(i) for i in range(13))
+    assert answer_words("shape") == ("circle", "square", "triangle")
+    assert answer_words("existence") == answer_words("position") == ("no", "yes")
+    assert set(answer_words("color")) == {"red", "blue", "green", "orange", "purple", "yellow"}
+    assert all(normalize_answer(f"<answer>{w}</answer>", t) == w for t in ("count", "shape", "color") for w in answer_words(t))
+    with pytest.raises(ValueError, match="qtype"):
+        answer_words("size")

@@ -199,3 +199,50 @@ def test_solver_trains_on_extra_questions(pool: Path, tmp_path: Path) -> None:
             assert r["solver.questions_trained"] == 1 + len(extra)
             seen_extra |= bool(extra) and r["solver.stepped"]
     assert seen_extra, [ro.get("candidates") for ro in rollouts]
+
+
+def test_canonical_targets_by_hand() -> None:
+    """Distillation targets: the first majority-labelled completion (the greedy one when it agrees) under
+    the canonical prompt without focus hint, with sample 0's image; no target without a greedy sample 0
+    or without a sample of the majority."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from asg.roles.templates import RoleTemplates
+    from asg.train.ustep import canonical_targets
+
+    images = {f"Q{i}?": Image.new("RGB", (4, 4), (10 * i, 0, 0)) for i in range(1, 5)}
+
+    def answers(question: str, labels: str, first_index: int = 0) -> SimpleNamespace:
+        image = images.get(question, images["Q1?"])
+        return SimpleNamespace(question=question, samples=[
+            SimpleNamespace(label=lab, pps_index=first_index + i, prompt=SimpleNamespace(image=image),
+                            completion=f"c{i}") for i, lab in enumerate(labels)])
+
+    tpl = RoleTemplates.of(TinyBackbone.load())
+    got = canonical_targets([answers("Q1?", "abbb"), answers("Q2?", "aab"), answers("Q3?", "ab", first_index=1),
+                             answers("Q4?", "ab")], ["b", "a", "a", "z"], tpl)
+    assert [(p.text, p.image is images[q], c) for (p, c), q in zip(got, ("Q1?", "Q2?"))] == [
+        ("Q1? Answer inside <answer></answer>.", True, "c1"), ("Q2? Answer inside <answer></answer>.", True, "c0")]
+    from asg.evaluation import solver_prompt_text
+
+    assert got[0][0].text == solver_prompt_text(TinyBackbone.load(), "Q1?")  # what evaluation asks with
+    with pytest.raises(ValueError):
+        canonical_targets([answers("Q?", "ab")], [], tpl)
+
+
+def test_solver_distillation_term(pool: Path, tmp_path: Path) -> None:
+    """solver.distill_weight > 0 adds the canonical-prompt cross-entropy of the trained questions' majority
+    answers to the Solver's update, and logs it; with 0 (the default) nothing of it is logged."""
+    out = tmp_path / "distill"
+    _train(pool, out, 2, overrides=[*SHORT, "solver.distill_weight=0.5", "schedule.understanding=2",
+                                    "schedule.generation=0", "generator.update=false"])
+    stepped = [r for r in _metrics(out) if r["solver.stepped"]]
+    assert stepped, _metrics(out)
+    for r in stepped:
+        assert r["solver.distill_questions"] == r["solver.questions_trained"]
+        assert r["solver.distill_ce"] > 0.0
+    assert load_recipe("demo").solver.distill_weight == 0.0
+    with pytest.raises(Exception, match="distill_weight"):
+        load_recipe("demo", ["solver.distill_weight=-1"])

@@ -8,7 +8,7 @@ only, so importing it never pulls in torch.
 
 from __future__ import annotations
 
-from .answers import answer_correct, normalize_answer, vqa_accuracy
+from .answers import answer_correct, answer_words, normalize_answer, vqa_accuracy
 from .caption import describe
 from .detector import Detection, detect
 from .folder import write_unlabeled_folder
@@ -37,7 +37,7 @@ __all__ = [
     "Obj", "Scene", "QA", "Clause", "GenPrompt", "Detection",
     "sample_scene", "scene_for", "render", "describe",
     "questions", "sample_qa", "qa_for", "answer_question", "question_template",
-    "normalize_answer", "answer_correct", "vqa_accuracy",
+    "normalize_answer", "answer_correct", "answer_words", "vqa_accuracy",
     "geneval_prompts", "detect", "score_geneval", "relative_position",
     "scene_detections", "geneval_mini", "render_prompt", "scene_for_prompt",
     "write_unlabeled_folder",

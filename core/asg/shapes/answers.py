@@ -31,6 +31,13 @@ def _vocabulary(qtype: str) -> dict[str, str]:
     return _YES_NO  # position and existence are yes/no questions
 
 
+def answer_words(qtype: str) -> tuple[str, ...]:
+    """The canonical answers of a question type, sorted: "0".."12" for counts, the colours, the shapes,
+    or yes/no (what :func:`normalize_answer` maps a right answer to)."""
+    require_choice("qtype", qtype, QTYPES)
+    return tuple(sorted(set(_vocabulary(qtype).values()), key=lambda w: (len(w), w)))
+
+
 def _tokens(text: str) -> list[str]:
     m = _ANSWER_TAG.search(text)
     if m:

@@ -80,6 +80,10 @@ class SolverRole:
     # questions of one U-step the Solver trains on: the pick (1, as the reference) plus the next-ranked
     # valid, objective candidates of the same Proposer output (an asg extension; see docs/training.md)
     questions_per_step: int = _pos(1)
+    # weight of a cross-entropy term that teaches each trained question's majority answer under the
+    # canonical prompt (PPS sample 0's), the prompt evaluation asks with; 0 = off, as the reference.
+    # An asg extension: REINFORCE trains every sample under its own perturbed prompt (see training.md).
+    distill_weight: float = attrs.field(default=0.0, validator=number(0.0, None))
     update: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))  # train its adapter
     lr: float = _lr()
 

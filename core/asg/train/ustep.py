@@ -39,8 +39,10 @@ from asg.rewards import (
     vote,
 )
 from asg.roles import Proposal, Proposer, Solver, SolverAnswers
+from asg.roles.templates import RoleTemplates
 from asg.train.policy import mean_kl, score_policy
 from asg.train.updater import UpdateResult
+from asg.types import Prompt
 from asg.updates import group_advantages, grpo_loss, reinforce_loss
 
 EXTRA_INDICES = (0, 2, 3, 4)  # greedy + PPS samples 2-4 for the extra group members (§3.10)
@@ -187,24 +189,52 @@ def understanding_step(tr: Any, image: Any, step: int) -> tuple[dict[str, Any], 
     elif not trained:
         solver_result = tr.updaters["solver"].skip(f"gate:{sreward.skip_reason}")
     else:
-        solver_result = _solver_update(tr, [a for a, _ in trained], [x for _, r in trained for x in r])
+        solver_result = _solver_update(tr, [a for a, _ in trained], [x for _, r in trained for x in r],
+                                       [c[0].majority for c, r in zip([(votes,), *extra_cases], sreward_all) if not r.skip])
     prop_result = _proposer_update(tr, step, image, [main, *extras], [preward.values[0]], extras_solver=solver, m=m)
     solver_result.record_into(m, "solver")
     prop_result.record_into(m, "proposer")
     return m, rollout
 
 
-def _solver_update(tr: Any, answered: list[SolverAnswers], rewards: list[float]) -> UpdateResult:
-    """REINFORCE + KL over the N samples of each trained question, each under its own PPS prompt (§3.9, §5.1)."""
+def _solver_update(tr: Any, answered: list[SolverAnswers], rewards: list[float], majorities: list[str]) -> UpdateResult:
+    """REINFORCE + KL over the N samples of each trained question, each under its own PPS prompt (§3.9, §5.1),
+    plus ``solver.distill_weight`` × the cross-entropy of each majority answer under the canonical prompt."""
     upd = tr.updaters["solver"]
     adv = tr.state.solver_baseline.advantages(rewards)  # baseline read before each sample, then updated
     prompts = [p for a in answered for p in a.prompts]
     completions = [c for a in answered for c in a.completions]
     passes = score_policy(tr.backbone, "solver", prompts, completions)
     loss, diag = reinforce_loss(passes.logprobs, passes.mask, adv, kl=passes.kl, beta=upd.beta)
+    extra: dict[str, float] = {}
+    weight = tr.recipe.solver.distill_weight
+    if weight > 0:
+        pairs = canonical_targets(answered, majorities, RoleTemplates.of(tr.backbone))
+        if pairs:
+            with tr.backbone.use_role("solver"):
+                out = tr.backbone.score([p for p, _ in pairs], [list(c.token_ids) for _, c in pairs], grad=True)
+            ce = -(out.logprobs * out.mask).sum(1).mean()
+            loss = loss + weight * ce
+            extra = {"distill_ce": float(ce.detach()), "distill_questions": float(len(pairs))}
     return upd.apply(loss, kl_mean=mean_kl(passes.kl, passes.mask), diagnostics={"adv_mean": float(adv.mean()),
                                                                                  "baseline": tr.state.solver_baseline.value,
-                                                                                 "pg_loss": diag["pg_loss"]})
+                                                                                 "pg_loss": diag["pg_loss"], **extra})
+
+
+def canonical_targets(answered: list[SolverAnswers], majorities: list[str], templates: Any) -> list[tuple[Prompt, Any]]:
+    """(canonical prompt, completion) per question: the first sample whose label is the majority (the
+    greedy one when it agrees), to be taught under the canonical prompt: framing 0 and no focus hint,
+    the prompt evaluation asks with (the greedy sample 0 carries focus hint 0). Its image is sample
+    0's. Questions without a greedy sample 0 are left out."""
+    out = []
+    for a, majority in zip(answered, majorities, strict=True):
+        if not a.samples or a.samples[0].pps_index != 0:
+            continue
+        sample = next((s for s in a.samples if s.label == majority), None)
+        if sample is not None:
+            prompt = Prompt(templates.solver_prompt(a.question, 0, hint=False), image=a.samples[0].prompt.image)
+            out.append((prompt, sample.completion))
+    return out
 
 
 def _member_reward(tr: Any, proposal: Proposal, k: int | None, answers: SolverAnswers | None) -> float:

@@ -160,13 +160,18 @@ def _cross_entropy(backbone: TinyBackbone, examples: list[tuple[Any, str, str]])
 
 def _continue_from(directory: Path, cfg: PretrainConfig) -> TinyBackbone:
     """The pretrained `tiny` in ``directory`` (its tokenizer, architecture and autoencoder), with the
-    vision tower and projector freshly initialised when ``cfg.reinit == "vision"``. The loader refuses a
-    directory that lacks any of its files, naming them."""
+    vision tower and projector freshly initialised when ``cfg.reinit == "vision"``, and everything but
+    the autoencoder when it is ``"all"``. The loader refuses a directory that lacks any of its files,
+    naming them."""
     backbone = TinyBackbone.load(model=directory, adapters=False, seed=cfg.seed)
-    if cfg.reinit == "vision":
+    if cfg.reinit:
         fresh = TinyBackbone(backbone.config, backbone.tokenizer, adapters=False, seed=cfg.seed + 1)
-        for part in ("vision_tower", "multi_modal_projector"):
-            getattr(backbone.net["vlm"].model, part).load_state_dict(getattr(fresh.net["vlm"].model, part).state_dict())
+        if cfg.reinit == "vision":
+            for part in ("vision_tower", "multi_modal_projector"):
+                getattr(backbone.net["vlm"].model, part).load_state_dict(getattr(fresh.net["vlm"].model, part).state_dict())
+        else:
+            for part in ("vlm", "gen"):
+                backbone.net[part].load_state_dict(fresh.net[part].state_dict())
     return backbone
 
 

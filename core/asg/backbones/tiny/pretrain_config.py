@@ -40,8 +40,9 @@ class PretrainConfig:
     # architecture, autoencoder and latent normalisation are kept and phase 1 is skipped.
     init_from: str = attrs.field(default="", validator=attrs.validators.instance_of(str))
     # "vision": re-initialise the vision tower and projector of ``init_from`` before training (for a
-    # tower whose features collapsed; see docs/tiny.md).
-    reinit: str = attrs.field(default="", validator=one_of(("", "vision")))
+    # tower whose features collapsed; see docs/tiny.md). "all": everything but the tokenizer and the
+    # autoencoder (a base trained on another labeled set, reusing the label-free autoencoder).
+    reinit: str = attrs.field(default="", validator=one_of(("", "vision", "all")))
     # Perception phase (after the autoencoder, before phase 2): the vision tower and projector alone,
     # trained on dense per-patch targets from the labeled scenes (shape, colour, size, object centre;
     # see asg/backbones/tiny/perception.py). 0 = skipped, as in the shipped weights.
