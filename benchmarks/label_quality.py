@@ -21,6 +21,9 @@ Sources:
 - ``majority``: the majority of N answers under Prompt-Perturbed Sampling (what the loop uses);
 - ``confident``: the same, only questions whose majority has at least ``--confident`` of the N votes.
 
+``--train full`` also trains every base weight of the vision-language model (a check of whether the
+adapter limits what the labels can teach; the loop itself only trains adapters).
+
 Each row reports the measured accuracy of the labels it trained on (against ground truth) next to
 the VQA gain, so the table reads as "labels this right, this many of them, buy this much".
 Results go to ``benchmarks/results/label-quality[-<split>].json`` (or ``--out``) with a markdown
@@ -79,7 +82,7 @@ def _train(backbone: Any, examples: list[tuple[Any, Any, str]], args: argparse.N
     from asg.evaluation import solver_prompt_text
     from asg.types import Prompt
 
-    params = backbone.trainable_parameters("solver")
+    params = [p for p in backbone.net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     losses = []
     with backbone.use_role("solver"):
@@ -94,6 +97,21 @@ def _train(backbone: Any, examples: list[tuple[Any, Any, str]], args: argparse.N
             opt.step()
             losses.append(loss.item())
     return losses
+
+
+def trainable(backbone: Any, what: str) -> list[Any]:
+    """The weights the fine-tuning trains: the Solver's LoRA adapter (``adapter``, what the loop trains),
+    or that plus every base weight of the vision-language model (``full``: a capacity check). Only
+    these require grad afterwards."""
+    adapter = list(backbone.trainable_parameters("solver"))
+    backbone.net.requires_grad_(False)
+    chosen = adapter
+    if what == "full":
+        ids = {id(p) for role in backbone.adapters.roles for p in backbone.trainable_parameters(role)}
+        chosen = adapter + [p for p in backbone.net["vlm"].parameters() if id(p) not in ids]
+    for p in chosen:
+        p.requires_grad_(True)
+    return chosen
 
 
 def _majorities(backbone: Any, items: list[Any], args: argparse.Namespace, seed: int) -> list[tuple[str, int, str]]:
@@ -154,7 +172,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     backbone = load_backbone(argparse.Namespace(backbone="tiny", preset=None, model=args.model, device="cpu",
                                                 adapters=None))
-    params = backbone.trainable_parameters("solver")
+    params = trainable(backbone, args.train)
     snapshot = [p.detach().clone() for p in params]
     budget = args.steps * args.batch
     sources = [parse_source(s) for s in args.sources]
@@ -194,7 +212,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 bar.update(1)
     return {"sources": rows, "_meta": {
         "command": command_line("label_quality"), "model": args.model or "shipped tiny", "split": args.split,
-        "seeds": args.seeds, "steps": args.steps, "batch": args.batch, "lr": args.lr, "n": args.n,
+        "seeds": args.seeds, "train": args.train, "steps": args.steps, "batch": args.batch, "lr": args.lr, "n": args.n,
         "confident": args.confident, "questions": args.questions, "seconds": round(time.time() - t0, 1),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                    f"torch {torch.__version__}"}}
@@ -236,7 +254,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out) if args.out else RESULTS / f"label-quality-{args.split}.json"
     meta = result["_meta"]
     publish(out, result, f"What labels of a given quality teach the Solver ({meta['split']} split)", table(result),
-            f"model {meta['model']}; {meta['steps']} steps × {meta['batch']} questions, lr {meta['lr']:g}; "
+            f"model {meta['model']}; trains {meta['train']}; {meta['steps']} steps × {meta['batch']} questions, "
+            f"lr {meta['lr']:g}; "
             f"seeds {meta['seeds']}; gains are mean ± std over seeds.")
     return result
 
@@ -250,6 +269,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="label sources: oracle, noisy:P, greedy, majority, confident")
     p.add_argument("--steps", type=int, default=60, help="update steps (default 60, the loop's length)")
     p.add_argument("--batch", type=int, default=3, help="questions per step (default 3, recipe demo's questions_per_step)")
+    p.add_argument("--train", choices=("adapter", "full"), default="adapter",
+                   help="what trains: the Solver's LoRA adapter (default, as the loop) or it plus every VLM weight")
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3, recipe demo's)")
     p.add_argument("--n", type=int, default=7, help="PPS answers per question for majority/confident (default 7)")
     p.add_argument("--confident", type=int, default=6, help="votes the majority needs for 'confident' (default 6)")

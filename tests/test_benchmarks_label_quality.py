@@ -79,3 +79,21 @@ def test_label_quality_rejects_bad_arguments(tmp_path: Path) -> None:
                            "--out", str(tmp_path / "x.json")], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode != 0 and "unknown label source 'gold'" in proc.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+def test_trainable_adapter_or_full() -> None:
+    """``adapter`` trains the Solver's LoRA weights only; ``full`` adds every base weight of the VLM but
+    never the other roles' adapters, the generation head or the autoencoder."""
+    from asg.backbones.tiny.model import TinyBackbone
+    from benchmarks.label_quality import trainable
+
+    bb = TinyBackbone.load()
+    solver = {id(p) for p in bb.trainable_parameters("solver")}
+    others = {id(p) for role in ("proposer", "generator") for p in bb.trainable_parameters(role)} - solver
+    chosen = {id(p) for p in trainable(bb, "adapter")}
+    assert chosen == solver == {id(p) for p in bb.net.parameters() if p.requires_grad}
+    full = {id(p) for p in trainable(bb, "full")}
+    vlm_base = {id(p) for p in bb.net["vlm"].parameters()} - solver - others
+    assert full == solver | vlm_base == {id(p) for p in bb.net.parameters() if p.requires_grad}
+    assert not full & others and not full & {id(p) for p in bb.net["vae"].parameters()}
+    assert not full & ({id(p) for p in bb.net["gen"].parameters()} - solver)
