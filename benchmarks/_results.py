@@ -14,6 +14,15 @@ def command_line(suite: str) -> str:
     return " ".join([f"python -m benchmarks {suite}", *args])
 
 
+def machine() -> str:
+    """The processor, torch's thread count and torch's version, for a result's ``_meta``."""
+    import platform
+
+    import torch
+
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
 def write_result(out: Path, result: Any, markdown: str) -> None:
     """``result`` as JSON at ``out`` and ``markdown`` beside it (``.md``), each written then renamed, so
     an interrupted write never leaves a half file in place of an earlier result."""

@@ -138,8 +138,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result = grade(records, _scenes(rec["image"] for rec in records))
     result["_meta"] = {"runs": [str(r) for r in runs], "questions": len(records),
                        "command": command_line("audit")}
-    write_result(Path(args.out) if args.out else RESULTS / "audit.json", result, table(result))
-    print(table(result))
+    text = table(result)
+    write_result(Path(args.out) if args.out else RESULTS / "audit.json", result, text)
+    print(text)
     return result
 
 

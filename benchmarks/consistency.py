@@ -20,13 +20,12 @@ Results go to ``benchmarks/results/consistency[-<split>].json`` and a markdown t
 from __future__ import annotations
 
 import argparse
-import platform
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks._results import command_line, publish
+from benchmarks._results import command_line, machine, publish
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
@@ -67,9 +66,20 @@ def by_vote(items: Iterable[dict[str, Any]], n: int, easy_at: float = 0.85) -> d
             for k, (c, g, m) in sorted(groups.items())}
 
 
-def measure(args: argparse.Namespace) -> dict[str, Any]:
+def answered(backbone: Any, solver: Any, items: list[Any], *, seed: int, batch: int) -> Iterator[list[tuple[Any, Any]]]:
+    """(qa, SolverAnswers) pairs for (qa, image) ``items``, one list per generate call of ``batch``
+    questions, without gradients; call k is seeded ``seed * 1_000_003 + its first index``."""
     import torch
 
+    with torch.no_grad():
+        for start in range(0, len(items), batch):
+            chunk = items[start:start + batch]
+            answers = solver.answer(backbone, [im for _, im in chunk], [qa.question for qa, _ in chunk],
+                                    seed=seed * 1_000_003 + start)
+            yield [(qa, a) for (qa, _), a in zip(chunk, answers)]
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
     from asg.evaluation import vqa_items
     from asg.progress import progress_bar
     from asg.rewards import vote
@@ -84,12 +94,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     items = vqa_items(args.split, args.seed, args.questions, backbone.image_size[0])
     records, rows = [], []
     t0 = time.time()
-    with progress_bar(total=len(items), desc="consistency") as bar, torch.no_grad():
-        for start in range(0, len(items), args.batch):
-            chunk = items[start:start + args.batch]
-            answers = solver.answer(backbone, [im for _, im in chunk], [qa.question for qa, _ in chunk],
-                                    seed=args.seed * 1_000_003 + start)
-            for (qa, _), a in zip(chunk, answers):
+    with progress_bar(total=len(items), desc="consistency") as bar:
+        for chunk in answered(backbone, solver, items, seed=args.seed, batch=args.batch):
+            for qa, a in chunk:
                 majority = vote(a.labels).majority
                 perturbed = [answer_correct(s.answer.text, qa) for s in a.samples[1:]]
                 greedy_ok = answer_correct(a.samples[0].answer.text, qa)
@@ -103,8 +110,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "command": command_line("consistency"),
         "backbone": args.backbone, "adapters": str(args.adapters) if args.adapters else None, "split": args.split,
         "seed": args.seed, "questions": args.questions, "n": args.n, "seconds": round(time.time() - t0, 1),
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                   f"torch {torch.__version__}"}}
+        "machine": machine()}}
 
 
 def table(result: dict[str, Any]) -> str:

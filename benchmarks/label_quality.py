@@ -33,13 +33,12 @@ table beside it.
 from __future__ import annotations
 
 import argparse
-import platform
 import random
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._results import command_line, publish
+from benchmarks._results import command_line, machine, publish
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
@@ -116,22 +115,17 @@ def trainable(backbone: Any, what: str) -> list[Any]:
 
 def _majorities(backbone: Any, items: list[Any], args: argparse.Namespace, seed: int) -> list[tuple[str, int, str]]:
     """(majority label, its vote count, greedy label) of every (qa, image) item under PPS."""
-    import torch
-
     from asg.rewards import vote
     from asg.roles import Solver
     from asg.roles.solver import SolverConfig
+    from benchmarks.consistency import answered
 
     solver = Solver(SolverConfig(n=args.n, max_new_tokens=24))
     out = []
-    with torch.no_grad():
-        for start in range(0, len(items), 30):
-            chunk = items[start:start + 30]
-            answers = solver.answer(backbone, [im for _, im in chunk], [qa.question for qa, _ in chunk],
-                                    seed=seed * 1_000_003 + start)
-            for a in answers:
-                v = vote(a.labels)
-                out.append((v.majority, list(a.labels).count(v.majority), a.labels[0]))
+    for chunk in answered(backbone, solver, items, seed=seed, batch=30):
+        for _, a in chunk:
+            v = vote(a.labels)
+            out.append((v.majority, list(a.labels).count(v.majority), a.labels[0]))
     return out
 
 
@@ -166,7 +160,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     from asg.evaluation import evaluate_vqa, vqa_items
     from asg.progress import progress_bar
-    from asg.shapes.answers import normalize_answer
+    from asg.shapes import answer_correct
     from asg.train.cli import load_backbone
     from benchmarks.shapes import top_answer_shares
 
@@ -191,8 +185,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             for source, p in sources:
                 name = source if p is None else f"{source}:{p:g}"
                 triples = labelled(source, p, items, votes, budget, args, seed)
-                label_acc = 100.0 * sum(normalize_answer(lab, qa.qtype) == normalize_answer(qa.answer, qa.qtype)
-                                        for _, qa, lab in triples) / max(1, len(triples))
+                label_acc = 100.0 * sum(answer_correct(lab, qa) for _, qa, lab in triples) / max(1, len(triples))
                 losses = _train(backbone, [(im, qa.question, lab) for im, qa, lab in triples], args) if triples else []
                 after = evaluate_vqa(backbone, split=args.split, seed=seed, n=args.questions)
                 with torch.no_grad():  # back to the base adapter for the next source
@@ -214,8 +207,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "command": command_line("label_quality"), "model": args.model or "shipped tiny", "split": args.split,
         "seeds": args.seeds, "train": args.train, "steps": args.steps, "batch": args.batch, "lr": args.lr, "n": args.n,
         "confident": args.confident, "questions": args.questions, "seconds": round(time.time() - t0, 1),
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                   f"torch {torch.__version__}"}}
+        "machine": machine()}}
 
 
 def _ms(xs: list[float]) -> str:

@@ -25,12 +25,11 @@ not from the language model's answer tokens, the limit is the training signal, n
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._results import command_line, write_result
+from benchmarks._results import command_line, machine, write_result
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
@@ -151,8 +150,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "model": str(args.model) if args.model else f"tiny preset {args.preset or 'base'}",
             "train_scenes": args.train, "test_scenes": args.test, "steps": args.steps, "seed": args.seed,
             "chance": 100.0 / len(SHAPES), "seconds": round(time.time() - t0, 1),
-            "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                       f"torch {torch.__version__}",
+            "machine": machine(),
         },
     }
 

@@ -182,15 +182,16 @@ def understanding_step(tr: Any, image: Any, step: int) -> tuple[dict[str, Any], 
              "skip": r.skip_reason if r.skip else None} for a, c, r in zip(all_answers[1:], extra_cases, sreward_all[1:])]
 
     # 5. Updates
-    trained = [(a, list(r.rewards)) for a, r in zip(all_answers, sreward_all) if not r.skip]
+    all_votes = [votes, *(c[0] for c in extra_cases)]
+    trained = [(a, list(r.rewards), v.majority) for a, r, v in zip(all_answers, sreward_all, all_votes) if not r.skip]
     m["solver.questions_trained"] = len(trained) if recipe.solver.update else 0
     if not recipe.solver.update:
         solver_result = UpdateResult.skipped("disabled")
     elif not trained:
         solver_result = tr.updaters["solver"].skip(f"gate:{sreward.skip_reason}")
     else:
-        solver_result = _solver_update(tr, [a for a, _ in trained], [x for _, r in trained for x in r],
-                                       [c[0].majority for c, r in zip([(votes,), *extra_cases], sreward_all) if not r.skip])
+        solver_result = _solver_update(tr, [a for a, _, _ in trained], [x for _, r, _ in trained for x in r],
+                                       [majority for _, _, majority in trained])
     prop_result = _proposer_update(tr, step, image, [main, *extras], [preward.values[0]], extras_solver=solver, m=m)
     solver_result.record_into(m, "solver")
     prop_result.record_into(m, "proposer")
