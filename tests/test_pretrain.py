@@ -119,6 +119,22 @@ def test_continue_with_everything_fresh_but_the_autoencoder(runs, tmp_path: Path
     assert any(k.startswith("gen.") for k in before) and any(k.startswith("vlm.model.language_model.") for k in before)
 
 
+def test_continue_with_the_eyes_kept_and_the_language_side_fresh(runs, tmp_path: Path) -> None:
+    """--reinit language keeps the autoencoder, vision tower and projector and replaces the language
+    model and the generation head (at a negligible lr, so what moved was re-initialised)."""
+    out = tmp_path / "lang"
+    pretrain(PretrainConfig(init_from=str(runs["a"]), reinit="language", lr=1e-12, vqa_share=1.0, **SMALL), out)
+    before, after = load_file(str(runs["a"] / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    eyes = ("vae.", "vlm.model.vision_tower.", "vlm.model.multi_modal_projector.")
+    for k in before:
+        diff = float((before[k] - after[k]).abs().max())
+        if k.startswith(eyes):
+            assert diff < 1e-6, k
+        elif before[k].numel() > 1 and before[k].float().std() > 0:
+            assert diff > 0.0, k
+    assert any(k.startswith("vlm.model.vision_tower.") for k in before)
+
+
 def test_continuation_errors_name_the_problem(runs, tmp_path: Path) -> None:
     from asg.errors import ConfigError, DataError
 

@@ -87,5 +87,11 @@ def inspect_backbone(name: str, *, preset: str | None = None, manifest: bool = F
         },
     }
     if manifest:
-        report["manifest"] = manifest_of(root)
+        # A backbone whose checkpoint spans several files (e.g. weights + autoencoder) names each
+        # file's tensors as the file does; otherwise the root module's names are the checkpoint's.
+        per_file = getattr(backbone, "checkpoint_manifest", None)
+        if per_file is not None:
+            report["manifest"] = {"checkpoint_files": {f: {"tensors": t} for f, t in per_file().items()}}
+        else:
+            report["manifest"] = manifest_of(root)
     return report

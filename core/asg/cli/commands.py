@@ -128,6 +128,8 @@ def _backbone_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", help="configuration preset of the backbone")
     p.add_argument("--model", type=Path, help="local checkpoint directory (nothing is downloaded)")
     p.add_argument("--device", help="cpu or cuda (default cpu; under accelerate each rank uses its own device)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                   help="weight dtype (default: the backbone's, float32 for the built-in ones)")
 
 
 def _recipe_args(p: argparse.ArgumentParser, default: str = "e1") -> None:

@@ -16,7 +16,8 @@ def load_backbone(args: Any, device: Any = None) -> Any:
 
     cls = get_backbone_class(args.backbone)
     device = str(device or getattr(args, "device", None) or "cpu")
-    backbone = cls.load(preset=getattr(args, "preset", None), model=getattr(args, "model", None), device=device)
+    kwargs = {"dtype": args.dtype} if getattr(args, "dtype", None) else {}
+    backbone = cls.load(preset=getattr(args, "preset", None), model=getattr(args, "model", None), device=device, **kwargs)
     if getattr(args, "adapters", None) is not None:
         load_adapters(backbone, Path(args.adapters))
     return backbone

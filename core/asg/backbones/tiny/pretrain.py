@@ -160,8 +160,9 @@ def _cross_entropy(backbone: TinyBackbone, examples: list[tuple[Any, str, str]])
 
 def _continue_from(directory: Path, cfg: PretrainConfig) -> TinyBackbone:
     """The pretrained `tiny` in ``directory`` (its tokenizer, architecture and autoencoder), with the
-    vision tower and projector freshly initialised when ``cfg.reinit == "vision"``, and everything but
-    the autoencoder when it is ``"all"``. The loader refuses a directory that lacks any of its files,
+    vision tower and projector freshly initialised when ``cfg.reinit == "vision"``, everything but
+    the autoencoder when it is ``"all"``, and everything but the autoencoder, vision tower and
+    projector when it is ``"language"``. The loader refuses a directory that lacks any of its files,
     naming them."""
     backbone = TinyBackbone.load(model=directory, adapters=False, seed=cfg.seed)
     if cfg.reinit:
@@ -170,8 +171,10 @@ def _continue_from(directory: Path, cfg: PretrainConfig) -> TinyBackbone:
             for part in ("vision_tower", "multi_modal_projector"):
                 getattr(backbone.net["vlm"].model, part).load_state_dict(getattr(fresh.net["vlm"].model, part).state_dict())
         else:
-            for part in ("vlm", "gen"):
-                backbone.net[part].load_state_dict(fresh.net[part].state_dict())
+            keep = ("model.vision_tower.", "model.multi_modal_projector.") if cfg.reinit == "language" else ()
+            backbone.net["gen"].load_state_dict(fresh.net["gen"].state_dict())
+            kept = {k: v for k, v in backbone.net["vlm"].state_dict().items() if k.startswith(keep)} if keep else {}
+            backbone.net["vlm"].load_state_dict({**fresh.net["vlm"].state_dict(), **kept})
     return backbone
 
 

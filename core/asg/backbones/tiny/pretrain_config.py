@@ -42,7 +42,9 @@ class PretrainConfig:
     # "vision": re-initialise the vision tower and projector of ``init_from`` before training (for a
     # tower whose features collapsed; see docs/tiny.md). "all": everything but the tokenizer and the
     # autoencoder (a base trained on another labeled set, reusing the label-free autoencoder).
-    reinit: str = attrs.field(default="", validator=one_of(("", "vision", "all")))
+    # "language": everything but the tokenizer, the autoencoder, the vision tower and the projector
+    # (keeps a perception-trained "eye" and trains the language side afresh on ``scenes``).
+    reinit: str = attrs.field(default="", validator=one_of(("", "vision", "all", "language")))
     # Perception phase (after the autoencoder, before phase 2): the vision tower and projector alone,
     # trained on dense per-patch targets from the labeled scenes (shape, colour, size, object centre;
     # see asg/backbones/tiny/perception.py). 0 = skipped, as in the shipped weights.
