@@ -161,11 +161,11 @@ def test_gpu_smoke_skips_cleanly_without_a_gpu_or_checkpoint(tmp_path, capsys) -
 
 def test_gpu_smoke_flow_runs_on_a_cpu_with_a_tiny_folder(tmp_path) -> None:
     """The smoke script's phases (load, answer, generate, one U and one G step) run end to end on a tiny folder."""
-    from asg_bagel.smoke import run
+    from asg.testing.smoke import run
 
     folder = tmp_path / "ckpt"
     BagelBackbone.load(preset="tiny", seed=1, adapters=False).save_pretrained(folder)
-    report = run(folder, tmp_path / "out", size=32, steps=2, device="cpu", dtype="float32")
+    report = run("bagel", folder, tmp_path / "out", size=32, steps=2, device="cpu", dtype="float32")
     assert report["train_rc"] == 0 and report["train_phases"] == ["U", "G"]
     assert report["generate_size"] == 32 and report["weights_gib"] is None
     assert (tmp_path / "out" / "generated.png").is_file() and (tmp_path / "out" / "question_image.png").is_file()

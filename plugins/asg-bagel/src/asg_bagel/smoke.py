@@ -1,93 +1,17 @@
-"""GPU smoke test of the real BAGEL-7B-MoT: load, answer, generate, one U and one G step, with time and memory.
+"""GPU smoke test of the real BAGEL-7B-MoT: ``python -m asg_bagel.smoke --model DIR [--size 512] [--steps 25]``.
 
-    python -m asg_bagel.smoke --model /path/to/BAGEL-7B-MoT [--size 512] [--steps 25] [--out smoke-out]
-
-Skips cleanly (exit 0, one line saying why) without a CUDA GPU or without the checkpoint folder, so it
-can sit in any CI. Prints one JSON object: seconds per phase and peak GPU memory.
+Loads it in bf16 on CUDA, answers a question about an image, generates an image, runs one U and one G
+step of ``asg train``, and prints seconds and peak memory; skips cleanly without a GPU or checkpoint.
+The work is :mod:`asg.testing.smoke`, shared by every backbone plugin.
 """
 
-from __future__ import annotations
-
-import argparse
-import json
 import sys
-import tempfile
-import time
-from pathlib import Path
-from typing import Any
 
-
-def _peak_gib(device: str) -> float | None:
-    import torch
-
-    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.startswith("cuda") else None
-
-
-def run(model: Path, out: Path, size: int, steps: int, *, device: str = "cuda", dtype: str = "bfloat16") -> dict[str, Any]:
-    """Every phase of the smoke test; ``device``/``dtype`` exist so the flow can be checked on a CPU
-    with a tiny checkpoint folder (memory is then not reported)."""
-    import torch
-
-    from asg.cli import main as asg_main
-    from asg.shapes import render, scene_for
-    from asg.types import Prompt, SamplingParams
-    from asg_bagel.backbone import BagelBackbone
-
-    out.mkdir(parents=True, exist_ok=True)
-    cuda = device.startswith("cuda")
-    report: dict[str, Any] = {"model": str(model), "device": torch.cuda.get_device_name(0) if cuda else device, "dtype": dtype}
-    t = time.time()
-    bb = BagelBackbone.load(preset="full", model=model, device=device, dtype=dtype)
-    report["load_s"] = round(time.time() - t, 1)
-    report["weights_gib"] = _peak_gib(device)
-
-    image = render(scene_for("test", 0, 0), 512)
-    image.save(out / "question_image.png")
-    t = time.time()
-    answer = bb.generate_text([Prompt("How many shapes are in the image? Answer with one number.", image=image)],
-                              SamplingParams(temperature=0.0, max_new_tokens=16), seed=0)[0]
-    report.update(answer=answer.text, answer_s=round(time.time() - t, 2), answer_tokens=len(answer.token_ids))
-
-    bb.image_size = (size, size)
-    t = time.time()
-    img = bb.generate_images(["a red circle to the left of a blue square"], seed=0, num_steps=steps)[0]
-    report.update(generate_s=round(time.time() - t, 1), generate_size=size, generate_steps=steps)
-    img.image.save(out / "generated.png")
-    report["inference_peak_gib"] = _peak_gib(device)
-    del bb
-    if cuda:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-
-    with tempfile.TemporaryDirectory() as tmp:
-        images, run_dir = Path(tmp) / "images", out / "run"
-        asg_main(["data", "shapes", "--out", str(images), "--n", "8", "--size", "256"])
-        t = time.time()
-        rc = asg_main(["train", "--backbone", "bagel", "--model", str(model), "--device", device, "--dtype", dtype,
-                       "--images", str(images), "--recipe", "e1", "--steps", "2", "--set", "schedule.understanding=1",
-                       "--set", "schedule.generation=1", "--out", str(run_dir)])
-        report.update(train_rc=rc, train_two_steps_s=round(time.time() - t, 1), train_peak_gib=_peak_gib(device))
-        report["train_phases"] = [json.loads(line)["phase"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return report
+from asg.testing.smoke import main as _main
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m asg_bagel.smoke", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", type=Path, required=True, help="local BAGEL-7B-MoT checkpoint folder")
-    p.add_argument("--out", type=Path, default=Path("bagel-smoke"), help="where images and the run go")
-    p.add_argument("--size", type=int, default=512, help="generated image side (release default 1024)")
-    p.add_argument("--steps", type=int, default=25, help="Euler steps of the generation (release default 49)")
-    args = p.parse_args(argv)
-    import torch
-
-    if not torch.cuda.is_available():
-        print("bagel smoke skipped: no CUDA GPU on this machine")
-        return 0
-    if not args.model.is_dir():
-        print(f"bagel smoke skipped: no checkpoint folder at {args.model}")
-        return 0
-    print(json.dumps(run(args.model, args.out, args.size, args.steps), indent=1))
-    return 0
+    return _main(argv, backbone="bagel")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,409 @@
+"""`blip3o`: BLIP3o-8B as an asg backbone.
+
+Understanding is transformers' own Qwen2.5-VL (chat prompts, HF ``generate``). Generation runs the
+prompt (ChatML, "Please generate image based on the following caption: ...", then ``[IMG]``) and 64
+learned latent queries through the language model; the DiT samples an 8x8 grid of 1792-wide EVA-CLIP
+features from the queries' last hidden states by rectified flow; the diffusion decoder (an SDXL-style
+UNet + VAE from the checkpoint's ``diffusion-decoder/`` folder) turns the features into pixels.
+
+The generator update is reward-weighted flow matching of the DiT on CLIP-feature targets: a generated
+image brings the features it was decoded from (its ``FlowTrace``); a real image needs the generation
+vision tower (EVA-CLIP-E) to be turned into features. The release's tower is not implemented, so with
+the full model real-image pairs are skipped (counted in ``real_targets_skipped``) and only generated
+candidates train the DiT; the ``tiny`` preset carries a small random tower so the real-image path is
+tested. Gradient reaches the generator role's LoRA on the language model through the conditioning (the
+queries' hidden states), and its LoRA on the DiT's attention and feed-forward projections directly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from asg.backbones.base import AdapterBackbone
+from asg.backbones.hf import generate_with_stats, mean_pool
+from asg.backbones.roles import RoleAdapters
+from asg.errors import CapabilityError, ConfigError, DataError
+from asg.kernels import linear_token_stats, token_stats
+from asg.protocol import Preset
+from asg.types import ROLES, Completion, FlowTrace, GeneratedImage, LossOutput, Prompt, SamplingParams, ScoreOutput
+from asg_blip3o import checkpoint as ckpt
+from asg_blip3o import vlm as V
+from asg_blip3o.decoder import DiffusionDecoder
+from asg_blip3o.dit import DiTConfig, NextDiTCrossAttn, flow_matching_loss, flow_sample
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_LLM = r".*blip3o\.vlm\.model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+_DIT = r".*blip3o\.dit\.model\.layers\.\d+\.(attn1\.to_(q|k|v)|attn2\.to_(q|k|v|out\.0)|feed_forward\.linear_(1|2|3))"
+GENERATE_TEMPLATE = "Please generate image based on the following caption: {prompt}"  # B3 inference.py
+NULL_PROMPT = " "  # the decoder's unconditional branch: the raw text " " through LLM + DiT (B3 pipeline_llava_gen)
+EMBED_IMAGE_PROBE = "Describe the image."
+
+
+def _dtype(name: str | None) -> torch.dtype:
+    if name is None:
+        return torch.float32
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise ConfigError(f"dtype must be one of {', '.join(_DTYPES)}, got {name!r}") from None
+
+
+class TinyGenTower(nn.Module):
+    """A stand-in for the EVA-CLIP-E generation tower at tiny size: pixels -> a (C, s, s) feature grid
+    (a patchifying convolution, then layer norm over channels). Random and frozen; it exists so that
+    the real-image path of :meth:`Blip3oBackbone.generator_loss` runs in tests."""
+
+    def __init__(self, channels: int, grid: int, image: int = 32) -> None:
+        super().__init__()
+        self.image, self.grid = image, grid
+        self.proj = nn.Conv2d(3, channels, kernel_size=image // grid, stride=image // grid)
+        self.norm = nn.GroupNorm(1, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, image, image) in [-1, 1] -> (B, C, grid, grid)
+        return self.norm(self.proj(x))
+
+
+def _to_tensor(image: Image.Image, size: int) -> torch.Tensor:
+    img = image.convert("RGB").resize((size, size), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1) / 127.5 - 1.0
+
+
+class Blip3oBackbone(AdapterBackbone):
+    """BLIP3o-8B (see the module docstring)."""
+
+    name = "blip3o"
+    generation_kind = "flow"
+    supports_images_in_prompt = True
+    roles: tuple[str, ...] = ROLES
+    presets: ClassVar[dict[str, Preset]] = {
+        "full": Preset("full", "BLIP3o-8B: Qwen2.5-VL-7B + 1.4 B DiT + diffusion decoder; weights from --model <checkpoint folder>"),
+        "tiny": Preset("tiny", "a tiny random BLIP3o (text hidden 64, DiT width 32, tiny UNet/VAE) for tests; byte tokenizer"),
+    }
+    default_preset: ClassVar[str] = "full"
+    prompt_templates: Mapping[str, str] = {"generate": GENERATE_TEMPLATE, "embed_image": EMBED_IMAGE_PROBE}
+
+    def __init__(self, config: Any, extras: V.Blip3oExtras, dit_config: DiTConfig, tokenizer: Any, *,
+                 decoder: DiffusionDecoder | None, gen_tower: nn.Module | None, image_size: int, dit_steps: int,
+                 decoder_steps: int, guidance: float, decoder_guidance: float, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32, adapters: bool = True, seed: int = 0) -> None:
+        self.config, self.extras, self.dit_config = config, extras, dit_config
+        self.tokenizer = tokenizer
+        self.processor = V.make_processor(tokenizer, config)
+        self.decoder = decoder
+        self.image_size = (image_size, image_size)
+        self.embedding_dim = extras.hidden_size
+        self.dit_steps, self.decoder_steps = dit_steps, decoder_steps
+        self.guidance, self.decoder_guidance = guidance, decoder_guidance
+        self.eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.img_id = tokenizer.convert_tokens_to_ids("[IMG]")
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+        self._suppress = [tokenizer.convert_tokens_to_ids(t) for t in
+                          ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "[IMG]", "[/IMG]", "<image>")]
+        with torch.random.fork_rng(devices=[]), torch.device(device):
+            torch.manual_seed(seed)
+            model = V.Blip3oModel(config, extras, dit=NextDiTCrossAttn(dit_config))
+            parts = {"blip3o": model} if gen_tower is None else {"blip3o": model, "gen_tower": gen_tower}
+            self.net = nn.ModuleDict(parts).to(dtype)
+        self.net.eval()
+        if "gen_tower" in self.net:
+            self.net["gen_tower"].requires_grad_(False)
+        self.adapters: RoleAdapters | None = None
+        if adapters:
+            self._add_adapters(seed)
+
+    def _add_adapters(self, seed: int) -> None:
+        from peft import LoraConfig
+
+        self.net.requires_grad_(False)
+        kw = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05}
+        und = LoraConfig(target_modules=_LLM, **kw)
+        gen = LoraConfig(target_modules=f"({_LLM})|({_DIT})", **kw)
+        with torch.random.fork_rng(devices=[]), torch.device(self._device()):
+            torch.manual_seed(seed + 1)
+            self.adapters = RoleAdapters(self.net, {"proposer": und, "solver": und, "generator": gen})
+        self.net.eval()
+
+    # -- construction --------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, *, preset: str | None = None, model: str | Path | None = None, device: str = "cpu",
+             dtype: str | None = None, weights: bool = True, adapters: bool = True, seed: int = 0) -> Blip3oBackbone:
+        """``preset="full"`` with ``model=<folder>`` loads the release checkpoint (root shards + tokenizer
+        + ``diffusion-decoder/``); without ``model``, ``weights=False`` builds the architecture only.
+        ``preset="tiny"`` builds a random tiny BLIP3o, or loads one saved by :meth:`save_pretrained`."""
+        preset = preset or cls.default_preset
+        if preset not in cls.presets:
+            raise ConfigError(f"unknown blip3o preset {preset!r}; valid presets: {', '.join(cls.presets)}")
+        torch_dtype = _dtype(dtype)
+        folder = Path(model) if model is not None else None
+        if folder is not None and not folder.is_dir():
+            raise DataError(f"BLIP3o checkpoint folder {folder} does not exist")
+        extra = json.loads((folder / "asg_blip3o.json").read_text()) if folder and (folder / "asg_blip3o.json").is_file() else {}
+        tiny = preset == "tiny" or extra.get("preset") == "tiny"
+        if folder is not None:
+            if not (folder / "config.json").is_file():
+                raise DataError(f"BLIP3o checkpoint folder {folder} lacks config.json")
+            config, extras = V.blip3o_config(json.loads((folder / "config.json").read_text()), allow_unknown=True)
+            tokenizer = V.load_tokenizer(folder)
+        elif preset == "full":
+            if weights:
+                raise ConfigError("the full BLIP3o needs its checkpoint: pass model=<folder with config.json, the "
+                                  "model*.safetensors shards, the tokenizer and diffusion-decoder/> (or weights=False)")
+            config, extras = V.full_config()
+            tokenizer = V.tiny_tokenizer()  # architecture only: the tokenizer is never used
+        else:
+            config, extras = V.tiny_config()
+            tokenizer = V.tiny_tokenizer()
+        dit_config = DiTConfig.tiny() if tiny else DiTConfig.blip3o_8b()
+        if tiny:
+            dit_config = DiTConfig(**{**_dit_fields(dit_config), "latent_embedding_size": extras.hidden_size})
+            decoder = (DiffusionDecoder.from_folder(folder, device=device, dtype=torch_dtype) if folder is not None
+                       else DiffusionDecoder.tiny(feature_dim=dit_config.in_channels, seed=seed, device=device, dtype=torch_dtype))
+            tower = TinyGenTower(dit_config.in_channels, dit_config.input_size)
+            settings = {"image_size": 32, "dit_steps": 3, "decoder_steps": 2, "guidance": 3.0, "decoder_guidance": 3.0}
+        else:
+            decoder = DiffusionDecoder.from_folder(folder, device=device, dtype=torch_dtype) if folder is not None and weights else None
+            tower = None
+            # B3 inference.py: DiT 30 steps, guidance 3; pipeline_llava_gen: 50 UNet steps, guidance 3; 1024².
+            settings = {"image_size": 1024, "dit_steps": 30, "decoder_steps": 50, "guidance": 3.0, "decoder_guidance": 3.0}
+        if str(device) == "meta" and weights and folder is not None:
+            raise ConfigError("weights cannot be loaded onto the meta device; pass weights=False")
+        bb = cls(config, extras, dit_config, tokenizer, decoder=decoder, gen_tower=tower, device=device,
+                 dtype=torch_dtype, adapters=False, seed=seed, **settings)
+        if folder is not None and weights:
+            ckpt.load_checkpoint(folder, bb.net["blip3o"])
+            if tiny and (folder / "gen_tower.safetensors").is_file():
+                from safetensors.torch import load_file
+
+                bb.net["gen_tower"].load_state_dict(load_file(str(folder / "gen_tower.safetensors")), strict=True)
+        if adapters:
+            bb._add_adapters(seed)
+        return bb
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write the release layout (config.json, model.safetensors, tokenizer, diffusion-decoder/)."""
+        from safetensors.torch import save_file
+
+        if self.adapters is not None:
+            raise CapabilityError("save_pretrained writes base weights; build the backbone with adapters=False")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        cfg = V.tiny_config_json(self.extras.n_query) if self.dit_config.dim < 1792 else None
+        if cfg is None:
+            raise CapabilityError("save_pretrained is implemented for the tiny preset (the release folder is read-only input)")
+        (directory / "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
+        (directory / "asg_blip3o.json").write_text(json.dumps({"preset": "tiny"}) + "\n")
+        self.tokenizer.save_pretrained(str(directory))
+        ckpt.save_checkpoint(self.net["blip3o"], directory)
+        if self.decoder is not None:
+            self.decoder.save(directory / "diffusion-decoder")
+        if "gen_tower" in self.net:
+            save_file({k: v.contiguous() for k, v in self.net["gen_tower"].state_dict().items()}, str(directory / "gen_tower.safetensors"))
+        return directory
+
+    def checkpoint_manifest(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Every tensor the loader expects, named as in the checkpoint shards (``asg inspect --manifest``)."""
+        from asg.inspect import manifest_of  # adapter tensors excluded, base_layer names unwrapped
+
+        return {"model*.safetensors": ckpt.to_checkpoint_names(manifest_of(self.net["blip3o"]))}
+
+    @property
+    def model(self) -> V.Blip3oModel:
+        return self.net["blip3o"]
+
+    # -- text -----------------------------------------------------------------------------------------
+    def _inputs(self, prompts: Sequence[Prompt]) -> dict[str, torch.Tensor]:
+        for i, p in enumerate(prompts):
+            if not isinstance(p, Prompt):
+                raise TypeError(f"prompts[{i}] must be an asg.types.Prompt, got {type(p).__name__}")
+        texts = [p.text if not p.system else f"{p.system}\n{p.text}" for p in prompts]
+        batch = V.understanding_inputs(self.processor, [p.image for p in prompts], texts)
+        out = {k: v.to(self._device()) for k, v in batch.items()}
+        if "pixel_values" in out:
+            out["pixel_values"] = out["pixel_values"].to(self._param_dtype())
+        return out
+
+    def generate_text(self, prompts: Sequence[Prompt], sampling: SamplingParams | Sequence[SamplingParams], *,
+                      seed: int | None = None, return_stats: bool = True) -> list[Completion]:
+        if not prompts:
+            return []
+        params = [sampling] * len(prompts) if isinstance(sampling, SamplingParams) else list(sampling)
+        inputs = self._inputs(prompts)
+        with torch.no_grad():
+            rows = generate_with_stats(self.model.vlm, inputs, params, eos_token_ids=[self.eos_id], pad_token_id=self.pad_id,
+                                       seed=seed, return_stats=return_stats, suppress_token_ids=self._suppress)
+        return [Completion(text=self.tokenizer.decode(ids, skip_special_tokens=True), token_ids=ids, stats=stats,
+                           finish_reason=reason, sampling=p) for (ids, stats, reason), p in zip(rows, params)]
+
+    def score(self, prompts: Sequence[Prompt], completions: Sequence[str | Sequence[int]], *, grad: bool = False,
+              return_logits: bool = False, append_eos: bool = True) -> ScoreOutput:
+        """Teacher-forced statistics of each completion after its chat prompt, (B, T) right-padded."""
+        if len(prompts) != len(completions):
+            raise ValueError(f"score got {len(prompts)} prompts but {len(completions)} completions")
+        comp = [list(self.tokenizer.encode(c, add_special_tokens=False)) if isinstance(c, str) else list(c) for c in completions]
+        comp = [c + [self.eos_id] if append_eos else c for c in comp]
+        if any(not c for c in comp):
+            raise ValueError("cannot score an empty completion")
+        T = max(len(c) for c in comp)
+        ids = torch.full((len(comp), T), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(comp), T, dtype=torch.long)
+        for b, c in enumerate(comp):
+            ids[b, :len(c)], mask[b, :len(c)] = torch.tensor(c), 1
+        prompt = self._inputs(prompts)
+        inputs = V.teacher_forcing_inputs(prompt, ids.to(self._device()), mask.to(self._device()))
+        P = prompt["input_ids"].shape[1]
+        vlm = self.model.vlm
+        with torch.set_grad_enabled(grad):
+            hidden = vlm.model(**inputs, use_cache=False).last_hidden_state[:, P - 1:P - 1 + T]  # (B, T, H) predicts the answer
+            targets = torch.where(mask.bool(), ids, torch.full_like(ids, -100)).to(hidden.device)
+            logits = None
+            if return_logits:
+                logits = vlm.lm_head(hidden)
+                stats = token_stats(logits, targets, ignore_index=-100)
+            else:
+                stats = linear_token_stats(hidden, vlm.lm_head.weight, targets, ignore_index=-100)
+            valid = mask.bool().to(hidden.device)
+            entropy = torch.where(valid, stats.entropy, torch.zeros_like(stats.entropy))
+        return ScoreOutput(logprobs=stats.logprob, entropy=entropy, mask=valid, logits=logits)
+
+    # -- images ---------------------------------------------------------------------------------------
+    def _conditions(self, prompts: Sequence[str], *, template: bool = True) -> torch.Tensor:
+        """The latent queries' last hidden states after each prompt, (B, n_query, hidden): the DiT's condition."""
+        tok = self.tokenizer
+        if template:
+            texts = [self.processor.apply_chat_template(V.understanding_messages(GENERATE_TEMPLATE.format(prompt=p)),
+                                                        tokenize=False, add_generation_prompt=True) for p in prompts]
+        else:
+            texts = list(prompts)
+        rows = [tok.encode(t, add_special_tokens=False) + [self.img_id] for t in texts]
+        L = max(len(r) for r in rows)
+        device = self._device()
+        ids = torch.full((len(rows), L), self.pad_id, dtype=torch.long, device=device)
+        att = torch.zeros(len(rows), L, dtype=torch.long, device=device)
+        for b, r in enumerate(rows):  # left padding: every prompt ends just before the queries
+            ids[b, L - len(r):], att[b, L - len(r):] = torch.tensor(r, device=device), 1
+        lm = self.model.vlm.model.language_model
+        q = self.model.latent_queries.expand(len(rows), -1, -1).to(self._param_dtype())
+        embeds = torch.cat([lm.embed_tokens(ids), q], dim=1)
+        att = torch.cat([att, torch.ones(len(rows), q.shape[1], dtype=att.dtype, device=device)], dim=1)
+        pos = (att.cumsum(-1) - 1).clamp_min(0)
+        hidden = lm(inputs_embeds=embeds, attention_mask=att, position_ids=pos, use_cache=False).last_hidden_state
+        return hidden[:, -q.shape[1]:]
+
+    def _check_prompts(self, prompts: Sequence[str]) -> None:
+        for i, p in enumerate(prompts):
+            if not isinstance(p, str) or not p.strip():
+                raise ValueError(f"prompts[{i}] must be a non-empty string, got {p!r}")
+
+    def generate_images(self, prompts: Sequence[str], *, seed: int | None = None, num_steps: int | None = None,
+                        guidance: float | None = None) -> list[GeneratedImage]:
+        """DiT sampling of CLIP features per prompt (image i from noise seeded ``seed + i``), then the
+        diffusion decoder (its unconditional branch: the features of the raw text " ", sampled the same way)."""
+        if not prompts:
+            return []
+        if self.decoder is None:
+            raise CapabilityError("this BLIP3o has no diffusion decoder (built without weights); load it with model=<folder>")
+        self._check_prompts(prompts)
+        steps = self.dit_steps if num_steps is None else int(num_steps)
+        g = self.guidance if guidance is None else float(guidance)
+        if steps < 1 or g < 0:
+            raise ValueError(f"num_steps must be >= 1 and guidance >= 0, got {steps} and {g}")
+        base = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else int(seed)
+        H, W = self.image_size
+        out = []
+        with torch.no_grad():
+            cond = self._conditions(prompts)
+            null_cond = self._conditions([NULL_PROMPT], template=False)
+            # one fixed draw, as upstream caches a single one: no image depends on the batch around it
+            null = flow_sample(self.model.dit, null_cond, steps=steps, guidance=g, generator=torch.Generator().manual_seed(0))
+            for i, p in enumerate(prompts):
+                feats, noise = flow_sample(self.model.dit, cond[i:i + 1], steps=steps, guidance=g,
+                                           generator=torch.Generator().manual_seed(base + i), return_noise=True)
+                image = self.decoder.decode(feats, negative_tokens=null, steps=self.decoder_steps, guidance=self.decoder_guidance,
+                                            height=H, width=W, generator=torch.Generator().manual_seed(base + i))[0]
+                out.append(GeneratedImage(image=image, prompt=p, seed=base + i,
+                                          trace=FlowTrace(noise=noise[0].float().cpu(), latents=feats[0].float().cpu(),
+                                                          num_steps=steps, guidance=g)))
+        return out
+
+    def generator_loss(self, prompts: Sequence[str], targets: Sequence[Image.Image | GeneratedImage],
+                       weights: torch.Tensor | None = None, *, seed: int | None = None) -> LossOutput:
+        """Weighted flow-matching loss of the DiT on CLIP-feature targets (B3 ``blip3o_qwen.py`` image loss:
+        x_t = (1 - σ) x0 + σ ε, target ε − x0, 10 % conditioning dropout). Real images need the generation
+        vision tower; without one their rows are skipped (weight 0, counted in ``real_targets_skipped``)."""
+        if len(prompts) != len(targets):
+            raise ValueError(f"generator_loss got {len(prompts)} prompts but {len(targets)} targets")
+        self._check_prompts(prompts)
+        B = len(prompts)
+        device, dtype = self._device(), self._param_dtype()
+        w = torch.ones(B, device=device) if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=device)
+        if w.shape != (B,):
+            raise ValueError(f"weights must have shape ({B},), got {tuple(w.shape)}")
+        c, s = self.dit_config.in_channels, self.dit_config.input_size
+        x0 = torch.zeros(B, c, s, s, device=device, dtype=dtype)
+        usable = torch.ones(B, dtype=torch.bool)
+        real = [i for i, t in enumerate(targets) if not isinstance(t, GeneratedImage)]
+        if real and "gen_tower" in self.net:
+            tower = self.net["gen_tower"]
+            pix = torch.stack([_to_tensor(targets[i], tower.image) for i in real]).to(device, dtype)
+            with torch.no_grad():
+                x0[real] = tower(pix)
+        elif real:
+            usable[real] = False
+        for i, t in enumerate(targets):
+            if isinstance(t, GeneratedImage):
+                x0[i] = t.trace.latents.to(device, dtype).reshape(c, s, s)
+        gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else int(seed))
+        cond = self._conditions(prompts)
+        per_sample = flow_matching_loss(self.model.dit, x0, cond, generator=gen, cond_dropout=0.1)
+        per_sample = torch.where(usable.to(device), per_sample, torch.zeros_like(per_sample))
+        loss = (w * per_sample).mean()
+        return LossOutput(loss=loss, per_sample=per_sample,
+                          diagnostics={"flow_mse": float(per_sample.detach()[usable.to(device)].mean()) if bool(usable.any()) else 0.0,
+                                       "weight_mean": float(w.mean()), "real_targets_skipped": float((~usable).sum())})
+
+    def image_token_logprobs(self, prompts: Sequence[str], traces: Sequence[Any]) -> torch.Tensor:
+        raise CapabilityError("blip3o generates by flow matching (generation_kind='flow'); it has no image tokens")
+
+    # -- embeddings -----------------------------------------------------------------------------------
+    def embed_text(self, texts: Sequence[str]) -> torch.Tensor:
+        if not texts:
+            return torch.empty(0, self.embedding_dim)
+        enc = self.tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=False)
+        ids, mask = enc["input_ids"].to(self._device()), enc["attention_mask"].to(self._device())
+        with torch.no_grad(), self.use_role(None):
+            lm = self.model.vlm.model.language_model
+            hidden = lm(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0)).last_hidden_state
+        return mean_pool(hidden, mask)
+
+    def embed_image(self, images: Sequence[Image.Image], texts: Sequence[str] | None = None) -> torch.Tensor:
+        if not images:
+            return torch.empty(0, self.embedding_dim)
+        probes = list(texts) if texts is not None else [EMBED_IMAGE_PROBE] * len(images)
+        if len(probes) != len(images):
+            raise ValueError(f"embed_image got {len(images)} images but {len(probes)} texts")
+        inputs = self._inputs([Prompt(t, image=im) for t, im in zip(probes, images)])
+        with torch.no_grad(), self.use_role(None):
+            hidden = self.model.vlm.model(**inputs, use_cache=False).last_hidden_state
+        return mean_pool(hidden, inputs["attention_mask"])
+
+    def components(self) -> dict[str, nn.Module]:
+        m = self.model
+        parts = {"vision_encoder": m.vlm.model.visual, "language_model": m.vlm.model.language_model,
+                 "lm_head": m.vlm.lm_head, "dit": m.dit}
+        if "gen_tower" in self.net:
+            parts["gen_tower"] = self.net["gen_tower"]
+        return parts
+
+
+def _dit_fields(cfg: DiTConfig) -> dict[str, Any]:
+    import attrs
+
+    return attrs.asdict(cfg)
