@@ -7,7 +7,7 @@ as in pretraining). Everything about roles and trainable state then comes from h
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,6 +16,34 @@ from torch import nn
 
 from asg.backbones.roles import RoleAdapters
 from asg.errors import CapabilityError, ConfigError
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name: str | None) -> torch.dtype:
+    """The torch dtype named by ``--dtype`` (None = float32); an unknown name lists the valid ones."""
+    if name is None:
+        return torch.float32
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}") from None
+
+
+def check_image_prompts(prompts: Sequence[str]) -> None:
+    """Text-to-image prompts must be non-empty strings; the error names the first bad one."""
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str) or not p.strip():
+            raise ValueError(f"prompts[{i}] must be a non-empty string, got {p!r}")
+
+
+def sample_weights(weights: torch.Tensor | Sequence[float] | None, n: int, device: torch.device | str) -> torch.Tensor:
+    """Per-sample loss weights as a float32 (n,) tensor (ones when None); any other shape is an error."""
+    w = torch.ones(n, device=device) if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=device)
+    if w.shape != (n,):
+        raise ValueError(f"weights must have shape ({n},), got {tuple(w.shape)}")
+    return w
 
 
 class AdapterBackbone:

@@ -21,7 +21,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from asg.kernels import linear_token_stats, token_stats
-from asg.types import SamplingParams, ScoreOutput, TokenStats
+from asg.types import Completion, SamplingParams, ScoreOutput, TokenStats
 
 
 class SuppressTokens(LogitsProcessor):
@@ -181,6 +181,13 @@ def generate_with_stats(
         stats = TokenStats(*(c[b, :n_steps] for c in columns)) if recorder else None
         results.append((row[:n_tok].tolist(), stats, reason))
     return results
+
+
+def to_completions(rows: Sequence[tuple[list[int], TokenStats | None, str]], params: Sequence[SamplingParams],
+                   tokenizer: Any) -> list[Completion]:
+    """:class:`Completion` objects from :func:`generate_with_stats` rows (text decoded without special tokens)."""
+    return [Completion(text=tokenizer.decode(ids, skip_special_tokens=True), token_ids=ids, stats=stats,
+                       finish_reason=reason, sampling=p) for (ids, stats, reason), p in zip(rows, params)]
 
 
 def fused_head(model: Any) -> torch.nn.Linear | None:

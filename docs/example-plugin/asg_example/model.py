@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from asg.backbones.base import AdapterBackbone
-from asg.backbones.hf import generate_with_stats, mean_pool, score_completions
+from asg.backbones.hf import generate_with_stats, mean_pool, score_completions, to_completions
 from asg.backbones.roles import RoleAdapters
 from asg.errors import CapabilityError, ConfigError
 from asg.kernels import token_stats
@@ -129,8 +129,7 @@ class ToyARBackbone(AdapterBackbone):
             rows = generate_with_stats(self.net, self._batch([self._prompt_ids(p) for p in prompts]), params,
                                        eos_token_ids=[self.eos_id], pad_token_id=self.pad_id, seed=seed,
                                        return_stats=return_stats)
-        return [Completion(text=self.tokenizer.decode(ids, skip_special_tokens=True), token_ids=ids, stats=stats,
-                           finish_reason=reason, sampling=p) for (ids, stats, reason), p in zip(rows, params)]
+        return to_completions(rows, params, self.tokenizer)
 
     def score(self, prompts: Sequence[Prompt], completions: Sequence[str | Sequence[int]], *, grad: bool = False,
               return_logits: bool = False, append_eos: bool = True) -> ScoreOutput:

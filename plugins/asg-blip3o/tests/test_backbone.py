@@ -19,16 +19,22 @@ def bb() -> Blip3oBackbone:
 
 
 def test_full_manifest_matches_the_release_checkpoint(fixture_dir, capsys) -> None:
-    """`asg inspect blip3o --preset full --manifest` lists exactly the 1372 keys and shapes of the release shards."""
+    """`asg inspect blip3o --preset full --manifest` lists exactly the 1372 keys and shapes of the release shards,
+    and the 772 of the optional EVA-CLIP generation tower separately."""
     from asg.cli import main
 
     assert main(["inspect", "blip3o", "--preset", "full", "--manifest"]) == 0
     report = json.loads(capsys.readouterr().out)
-    (ours,) = report["manifest"]["checkpoint_files"].values()
-    (ref,) = json.loads((fixture_dir / "manifest.json").read_text())["checkpoint_files"].values()
-    mine = {k: v["shape"] for k, v in ours["tensors"].items()}
+    files = report["manifest"]["checkpoint_files"]
+    manifest = json.loads((fixture_dir / "manifest.json").read_text())
+    (ref,) = manifest["checkpoint_files"].values()
+    mine = {k: v["shape"] for k, v in files["model*.safetensors"]["tensors"].items()}
     theirs = {k: v["shape"] for k, v in ref["tensors"].items()}
     assert mine == theirs and len(mine) == 1372
+    # the optional generation vision tower is listed on its own, as the upstream manifest lists it
+    tower = {k: v["shape"] for k, v in files["model*.safetensors (optional gen_vision_tower)"]["tensors"].items()}
+    eva = manifest["gen_vision_tower_eva_clip"]["tensors"]
+    assert tower == {k: v["shape"] for k, v in eva.items()} and len(tower) == 772
     assert report["parameters"]["total"] == 9_657_406_368  # the manifest header's count (vocabulary 152064)
     assert report["parameters"]["dit"] == 1_365_010_336
 

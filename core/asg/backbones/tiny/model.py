@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from asg.backbones.base import AdapterBackbone
-from asg.backbones.hf import generate_with_stats, mean_pool, score_completions
+from asg.backbones.base import AdapterBackbone, check_image_prompts, sample_weights, torch_dtype
+from asg.backbones.hf import generate_with_stats, mean_pool, score_completions, to_completions
 from asg.backbones.roles import RoleAdapters
 from asg.backbones.tiny import templates as T
 from asg.backbones.tiny.config import TinyConfig
@@ -39,18 +39,8 @@ from asg.types import (
 )
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _LM_TARGETS = r".*vlm\.model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 _HEAD_TARGETS = r".*gen\.transformer\.transformer_blocks\.\d+\.(attn1|attn2)\.(to_q|to_k|to_v|to_out\.0)"
-
-
-def _dtype(name: str | None) -> torch.dtype:
-    if name is None:
-        return torch.float32
-    try:
-        return _DTYPES[name]
-    except KeyError:
-        raise ConfigError(f"dtype must be one of {', '.join(_DTYPES)}, got {name!r}") from None
 
 
 def image_to_tensor(image: Image.Image, size: int) -> torch.Tensor:
@@ -170,7 +160,7 @@ class TinyBackbone(AdapterBackbone):
             if str(device) == "meta":
                 raise ConfigError("weights cannot be loaded onto the meta device; pass weights=False")
             state = load_base_weights(directory)
-        return cls(config, tokenizer, device=device, dtype=_dtype(dtype), state=state, adapters=adapters, seed=seed)
+        return cls(config, tokenizer, device=device, dtype=torch_dtype(dtype), state=state, adapters=adapters, seed=seed)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write config.json, tokenizer.json and model.safetensors (base weights, no adapters)."""
@@ -236,11 +226,7 @@ class TinyBackbone(AdapterBackbone):
                 self.net["vlm"], inputs, params, eos_token_ids=[self.eos_id], pad_token_id=self.pad_id,
                 seed=seed, return_stats=return_stats, suppress_token_ids=[self.image_token_id, self.pad_id],
             )
-        return [
-            Completion(text=self.tokenizer.decode(ids, skip_special_tokens=True), token_ids=ids, stats=stats,
-                       finish_reason=reason, sampling=p)
-            for (ids, stats, reason), p in zip(rows, params)
-        ]
+        return to_completions(rows, params, self.tokenizer)
 
     def completion_ids(self, completion: str | Sequence[int], *, eos: bool = True) -> list[int]:
         ids = self.tokenizer.encode(completion, add_special_tokens=False) if isinstance(completion, str) else list(completion)
@@ -270,9 +256,7 @@ class TinyBackbone(AdapterBackbone):
     def _condition(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Last-layer LM states of each prompt followed by the latent queries, (B, L+Q, H), and their
         attention mask (B, L+Q): the head cross-attends to all of them."""
-        for i, p in enumerate(prompts):
-            if not isinstance(p, str) or not p.strip():
-                raise ValueError(f"prompts[{i}] must be a non-empty string, got {p!r}")
+        check_image_prompts(prompts)
         texts = [chat(T.GENERATE.format(prompt=p), image=False) for p in prompts]
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
@@ -371,9 +355,7 @@ class TinyBackbone(AdapterBackbone):
         x0 = torch.stack([
             targets[i].trace.latents.to(self.device) if i not in encoded else encoded[i] for i in range(B)
         ]).to(self.device, self._param_dtype())  # (B, C, s, s)
-        w = torch.ones(B, device=self.device) if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=self.device)
-        if w.shape != (B,):
-            raise ValueError(f"weights must have shape ({B},), got {tuple(w.shape)}")
+        w = sample_weights(weights, B, self.device)
         gen = torch.Generator(device="cpu")
         gen.manual_seed(int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else int(seed))
         t = torch.sigmoid(torch.randn(B, generator=gen)).to(self.device, self._param_dtype())  # (B,)

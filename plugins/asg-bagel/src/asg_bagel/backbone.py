@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from asg.backbones.base import AdapterBackbone
+from asg.backbones.base import AdapterBackbone, check_image_prompts, sample_weights, torch_dtype
 from asg.backbones.hf import PerRowWarper, mean_pool
 from asg.backbones.roles import RoleAdapters
 from asg.errors import CapabilityError, ConfigError, DataError
@@ -40,21 +40,11 @@ from asg_bagel.language import KVCache
 from asg_bagel.model import Bagel, BagelConfig, cfg_combine, flow_timesteps
 from asg_bagel.vision import patchify
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _LAYER = r".*bagel\.language_model\.model\.layers\.\d+\."
 _UND_TARGETS = _LAYER + r"(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 _GEN_TARGETS = _LAYER + r"(self_attn\.(q|k|v|o)_proj(_moe_gen)?|mlp(_moe_gen)?\.(gate|up|down)_proj)"
 EMBED_IMAGE_PROBE = "Describe the image."
 GENERATE_PREFIX = ""  # BAGEL's text-to-image prompt is the description itself
-
-
-def _dtype(name: str | None) -> torch.dtype:
-    if name is None:
-        return torch.float32
-    try:
-        return _DTYPES[name]
-    except KeyError:
-        raise ConfigError(f"dtype must be one of {', '.join(_DTYPES)}, got {name!r}") from None
 
 
 def vit_resize(image: Image.Image, sizes: configs.ImageSizes) -> Image.Image:
@@ -183,7 +173,7 @@ class BagelBackbone(AdapterBackbone):
             tokenizer = _NoTokenizer(config.llm.vocab_size)
         if str(device) == "meta" and weights and model is not None:
             raise ConfigError("weights cannot be loaded onto the meta device; pass weights=False")
-        bb = cls(config, tokenizer, sizes=sizes, device=device, dtype=_dtype(dtype), adapters=False, seed=seed)
+        bb = cls(config, tokenizer, sizes=sizes, device=device, dtype=torch_dtype(dtype), adapters=False, seed=seed)
         if model is not None and weights:
             bb._load_weights(Path(model))
         if adapters:
@@ -391,9 +381,7 @@ class BagelBackbone(AdapterBackbone):
         return self.image_size[0] // s, self.image_size[1] // s
 
     def _prompt_cache(self, prompts: Sequence[str]) -> tuple[KVCache, list[int]]:
-        for i, p in enumerate(prompts):
-            if not isinstance(p, str) or not p.strip():
-                raise ValueError(f"prompts[{i}] must be a non-empty string, got {p!r}")
+        check_image_prompts(prompts)
         return self._prefill([Prompt(self.prompt_templates["generate"].format(prompt=p)) for p in prompts])
 
     def generate_images(self, prompts: Sequence[str], *, seed: int | None = None, num_steps: int | None = None,
@@ -453,18 +441,15 @@ class BagelBackbone(AdapterBackbone):
         dtype, device = self._param_dtype(), self._device()
         x0 = [encoded[i] if i in encoded else targets[i].trace.latents.to(device) for i in range(B)]
         x0 = [x.to(device, dtype) for x in x0]
-        w = torch.ones(B, device=device) if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=device)
-        if w.shape != (B,):
-            raise ValueError(f"weights must have shape ({B},), got {tuple(w.shape)}")
+        w = sample_weights(weights, B, device)
         gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else int(seed))
         t = torch.sigmoid(torch.randn(B, generator=gen))
         eps = [torch.randn(x.shape, generator=gen).to(device, dtype) for x in x0]
         keep = torch.rand(B, generator=gen) >= self.cond_dropout
         h, w_grid = self._grid()
+        check_image_prompts(prompts)
         packed = _Packed()
         for i, p in enumerate(prompts):
-            if not isinstance(p, str) or not p.strip():
-                raise ValueError(f"prompts[{i}] must be a non-empty string, got {p!r}")
             blocks, pos = [], 0
             if keep[i]:
                 ids = self._text_ids(self.prompt_templates["generate"].format(prompt=p))

@@ -7,11 +7,11 @@ features from the queries' last hidden states by rectified flow; the diffusion d
 UNet + VAE from the checkpoint's ``diffusion-decoder/`` folder) turns the features into pixels.
 
 The generator update is reward-weighted flow matching of the DiT on CLIP-feature targets: a generated
-image brings the features it was decoded from (its ``FlowTrace``); a real image needs the generation
-vision tower (EVA-CLIP-E) to be turned into features. The release's tower is not implemented, so with
-the full model real-image pairs are skipped (counted in ``real_targets_skipped``) and only generated
-candidates train the DiT; the ``tiny`` preset carries a small random tower so the real-image path is
-tested. Gradient reaches the generator role's LoRA on the language model through the conditioning (the
+image brings the features it was decoded from (its ``FlowTrace``); a real image is turned into features
+by the generation vision tower (EVA-CLIP-E-14-plus, pooled 4x4 to the DiT's 8x8 grid) when its weights
+are in the checkpoint (``model.gen_vision_tower.*``) or in a ``gen_vision_tower/`` subfolder. Without
+them, real-image pairs are skipped (counted in ``real_targets_skipped``) and only generated candidates
+train the DiT. The ``tiny`` preset carries a tiny random tower. Gradient reaches the generator role's LoRA on the language model through the conditioning (the
 queries' hidden states), and its LoRA on the DiT's attention and feed-forward projections directly.
 """
 
@@ -22,13 +22,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
-from asg.backbones.base import AdapterBackbone
-from asg.backbones.hf import generate_with_stats, mean_pool
+from asg.backbones.base import AdapterBackbone, check_image_prompts, sample_weights, torch_dtype
+from asg.backbones.hf import generate_with_stats, mean_pool, to_completions
 from asg.backbones.roles import RoleAdapters
 from asg.errors import CapabilityError, ConfigError, DataError
 from asg.kernels import linear_token_stats, token_stats
@@ -38,42 +37,13 @@ from asg_blip3o import checkpoint as ckpt
 from asg_blip3o import vlm as V
 from asg_blip3o.decoder import DiffusionDecoder
 from asg_blip3o.dit import DiTConfig, NextDiTCrossAttn, flow_matching_loss, flow_sample
+from asg_blip3o.gen_tower import EvaConfig, EvaVisionTower, checkpoint_prefix, load_tower_file, load_tower_weights
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _LLM = r".*blip3o\.vlm\.model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 _DIT = r".*blip3o\.dit\.model\.layers\.\d+\.(attn1\.to_(q|k|v)|attn2\.to_(q|k|v|out\.0)|feed_forward\.linear_(1|2|3))"
 GENERATE_TEMPLATE = "Please generate image based on the following caption: {prompt}"  # B3 inference.py
 NULL_PROMPT = " "  # the decoder's unconditional branch: the raw text " " through LLM + DiT (B3 pipeline_llava_gen)
 EMBED_IMAGE_PROBE = "Describe the image."
-
-
-def _dtype(name: str | None) -> torch.dtype:
-    if name is None:
-        return torch.float32
-    try:
-        return _DTYPES[name]
-    except KeyError:
-        raise ConfigError(f"dtype must be one of {', '.join(_DTYPES)}, got {name!r}") from None
-
-
-class TinyGenTower(nn.Module):
-    """A stand-in for the EVA-CLIP-E generation tower at tiny size: pixels -> a (C, s, s) feature grid
-    (a patchifying convolution, then layer norm over channels). Random and frozen; it exists so that
-    the real-image path of :meth:`Blip3oBackbone.generator_loss` runs in tests."""
-
-    def __init__(self, channels: int, grid: int, image: int = 32) -> None:
-        super().__init__()
-        self.image, self.grid = image, grid
-        self.proj = nn.Conv2d(3, channels, kernel_size=image // grid, stride=image // grid)
-        self.norm = nn.GroupNorm(1, channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, image, image) in [-1, 1] -> (B, C, grid, grid)
-        return self.norm(self.proj(x))
-
-
-def _to_tensor(image: Image.Image, size: int) -> torch.Tensor:
-    img = image.convert("RGB").resize((size, size), Image.BICUBIC)
-    return torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1) / 127.5 - 1.0
 
 
 class Blip3oBackbone(AdapterBackbone):
@@ -141,7 +111,7 @@ class Blip3oBackbone(AdapterBackbone):
         preset = preset or cls.default_preset
         if preset not in cls.presets:
             raise ConfigError(f"unknown blip3o preset {preset!r}; valid presets: {', '.join(cls.presets)}")
-        torch_dtype = _dtype(dtype)
+        dtype_ = torch_dtype(dtype)
         folder = Path(model) if model is not None else None
         if folder is not None and not folder.is_dir():
             raise DataError(f"BLIP3o checkpoint folder {folder} does not exist")
@@ -164,25 +134,23 @@ class Blip3oBackbone(AdapterBackbone):
         dit_config = DiTConfig.tiny() if tiny else DiTConfig.blip3o_8b()
         if tiny:
             dit_config = DiTConfig(**{**_dit_fields(dit_config), "latent_embedding_size": extras.hidden_size})
-            decoder = (DiffusionDecoder.from_folder(folder, device=device, dtype=torch_dtype) if folder is not None
-                       else DiffusionDecoder.tiny(feature_dim=dit_config.in_channels, seed=seed, device=device, dtype=torch_dtype))
-            tower = TinyGenTower(dit_config.in_channels, dit_config.input_size)
+            decoder = (DiffusionDecoder.from_folder(folder, device=device, dtype=dtype_) if folder is not None
+                       else DiffusionDecoder.tiny(feature_dim=dit_config.in_channels, seed=seed, device=device, dtype=dtype_))
+            tower = EvaVisionTower(EvaConfig.tiny())
             settings = {"image_size": 32, "dit_steps": 3, "decoder_steps": 2, "guidance": 3.0, "decoder_guidance": 3.0}
         else:
-            decoder = DiffusionDecoder.from_folder(folder, device=device, dtype=torch_dtype) if folder is not None and weights else None
-            tower = None
+            decoder = DiffusionDecoder.from_folder(folder, device=device, dtype=dtype_) if folder is not None and weights else None
+            tower = EvaVisionTower(EvaConfig.eva_clip_e_14_plus()) if folder is not None and weights and _has_tower(folder) else None
             # B3 inference.py: DiT 30 steps, guidance 3; pipeline_llava_gen: 50 UNet steps, guidance 3; 1024².
             settings = {"image_size": 1024, "dit_steps": 30, "decoder_steps": 50, "guidance": 3.0, "decoder_guidance": 3.0}
         if str(device) == "meta" and weights and folder is not None:
             raise ConfigError("weights cannot be loaded onto the meta device; pass weights=False")
         bb = cls(config, extras, dit_config, tokenizer, decoder=decoder, gen_tower=tower, device=device,
-                 dtype=torch_dtype, adapters=False, seed=seed, **settings)
+                 dtype=dtype_, adapters=False, seed=seed, **settings)
         if folder is not None and weights:
-            ckpt.load_checkpoint(folder, bb.net["blip3o"])
-            if tiny and (folder / "gen_tower.safetensors").is_file():
-                from safetensors.torch import load_file
-
-                bb.net["gen_tower"].load_state_dict(load_file(str(folder / "gen_tower.safetensors")), strict=True)
+            report = ckpt.load_checkpoint(folder, bb.net["blip3o"])
+            if "gen_tower" in bb.net:
+                _load_tower(bb.net["gen_tower"], folder, report.ignored)
         if adapters:
             bb._add_adapters(seed)
         return bb
@@ -205,14 +173,20 @@ class Blip3oBackbone(AdapterBackbone):
         if self.decoder is not None:
             self.decoder.save(directory / "diffusion-decoder")
         if "gen_tower" in self.net:
-            save_file({k: v.contiguous() for k, v in self.net["gen_tower"].state_dict().items()}, str(directory / "gen_tower.safetensors"))
+            (directory / "gen_vision_tower").mkdir(exist_ok=True)
+            save_file({k: v.contiguous() for k, v in self.net["gen_tower"].state_dict().items()},
+                      str(directory / "gen_vision_tower" / "model.safetensors"))
         return directory
 
     def checkpoint_manifest(self) -> dict[str, dict[str, dict[str, Any]]]:
         """Every tensor the loader expects, named as in the checkpoint shards (``asg inspect --manifest``)."""
         from asg.inspect import manifest_of  # adapter tensors excluded, base_layer names unwrapped
 
-        return {"model*.safetensors": ckpt.to_checkpoint_names(manifest_of(self.net["blip3o"]))}
+        with torch.device("meta"):
+            tower = EvaVisionTower(EvaConfig.eva_clip_e_14_plus() if self.dit_config.dim >= 1792 else EvaConfig.tiny())
+        return {"model*.safetensors": ckpt.to_checkpoint_names(manifest_of(self.net["blip3o"])),
+                # optional: the generation vision tower, in the shards when the release carries it
+                "model*.safetensors (optional gen_vision_tower)": {checkpoint_prefix + k: v for k, v in manifest_of(tower).items()}}
 
     @property
     def model(self) -> V.Blip3oModel:
@@ -239,8 +213,7 @@ class Blip3oBackbone(AdapterBackbone):
         with torch.no_grad():
             rows = generate_with_stats(self.model.vlm, inputs, params, eos_token_ids=[self.eos_id], pad_token_id=self.pad_id,
                                        seed=seed, return_stats=return_stats, suppress_token_ids=self._suppress)
-        return [Completion(text=self.tokenizer.decode(ids, skip_special_tokens=True), token_ids=ids, stats=stats,
-                           finish_reason=reason, sampling=p) for (ids, stats, reason), p in zip(rows, params)]
+        return to_completions(rows, params, self.tokenizer)
 
     def score(self, prompts: Sequence[Prompt], completions: Sequence[str | Sequence[int]], *, grad: bool = False,
               return_logits: bool = False, append_eos: bool = True) -> ScoreOutput:
@@ -297,11 +270,6 @@ class Blip3oBackbone(AdapterBackbone):
         hidden = lm(inputs_embeds=embeds, attention_mask=att, position_ids=pos, use_cache=False).last_hidden_state
         return hidden[:, -q.shape[1]:]
 
-    def _check_prompts(self, prompts: Sequence[str]) -> None:
-        for i, p in enumerate(prompts):
-            if not isinstance(p, str) or not p.strip():
-                raise ValueError(f"prompts[{i}] must be a non-empty string, got {p!r}")
-
     def generate_images(self, prompts: Sequence[str], *, seed: int | None = None, num_steps: int | None = None,
                         guidance: float | None = None) -> list[GeneratedImage]:
         """DiT sampling of CLIP features per prompt (image i from noise seeded ``seed + i``), then the
@@ -310,7 +278,7 @@ class Blip3oBackbone(AdapterBackbone):
             return []
         if self.decoder is None:
             raise CapabilityError("this BLIP3o has no diffusion decoder (built without weights); load it with model=<folder>")
-        self._check_prompts(prompts)
+        check_image_prompts(prompts)
         steps = self.dit_steps if num_steps is None else int(num_steps)
         g = self.guidance if guidance is None else float(guidance)
         if steps < 1 or g < 0:
@@ -340,21 +308,16 @@ class Blip3oBackbone(AdapterBackbone):
         vision tower; without one their rows are skipped (weight 0, counted in ``real_targets_skipped``)."""
         if len(prompts) != len(targets):
             raise ValueError(f"generator_loss got {len(prompts)} prompts but {len(targets)} targets")
-        self._check_prompts(prompts)
+        check_image_prompts(prompts)
         B = len(prompts)
         device, dtype = self._device(), self._param_dtype()
-        w = torch.ones(B, device=device) if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=device)
-        if w.shape != (B,):
-            raise ValueError(f"weights must have shape ({B},), got {tuple(w.shape)}")
+        w = sample_weights(weights, B, device)
         c, s = self.dit_config.in_channels, self.dit_config.input_size
         x0 = torch.zeros(B, c, s, s, device=device, dtype=dtype)
         usable = torch.ones(B, dtype=torch.bool)
         real = [i for i, t in enumerate(targets) if not isinstance(t, GeneratedImage)]
         if real and "gen_tower" in self.net:
-            tower = self.net["gen_tower"]
-            pix = torch.stack([_to_tensor(targets[i], tower.image) for i in real]).to(device, dtype)
-            with torch.no_grad():
-                x0[real] = tower(pix)
+            x0[real] = self.net["gen_tower"].features([targets[i] for i in real]).to(device, dtype)
         elif real:
             usable[real] = False
         for i, t in enumerate(targets):
@@ -407,3 +370,31 @@ def _dit_fields(cfg: DiTConfig) -> dict[str, Any]:
     import attrs
 
     return attrs.asdict(cfg)
+
+
+def _has_tower(folder: Path) -> bool:
+    """Whether a checkpoint folder carries the generation vision tower (in its shards or a subfolder)."""
+    if (folder / "gen_vision_tower").is_dir():
+        return True
+    return any(k.startswith(checkpoint_prefix) for k in ckpt.read_checkpoint_header(folder))
+
+
+def _load_tower(tower: EvaVisionTower, folder: Path, ignored: Sequence[str]) -> None:
+    """The tower's weights from the shards (keys ``model.gen_vision_tower.*``, which the main loader
+    skipped) or from ``gen_vision_tower/`` (``model.safetensors`` or ``pytorch_model.bin``); strict."""
+    if ignored:
+        from safetensors import safe_open
+
+        entries = ckpt.read_checkpoint_header(folder)
+        state = {}
+        for name in sorted({entries[k].file for k in ignored}):
+            with safe_open(str(folder / name), framework="pt") as f:
+                state.update({k: f.get_tensor(k) for k in f.keys() if k.startswith(checkpoint_prefix)})
+        load_tower_weights(tower, state, checkpoint_prefix)
+        return
+    sub = folder / "gen_vision_tower"
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (sub / name).is_file():
+            load_tower_weights(tower, load_tower_file(sub / name), "")
+            return
+    raise DataError(f"{sub} has neither model.safetensors nor pytorch_model.bin")
