@@ -27,12 +27,11 @@ from PIL import Image
 from torch import nn
 
 from asg.backbones.base import AdapterBackbone, check_image_prompts, sample_weights, torch_dtype
-from asg.backbones.hf import generate_with_stats, mean_pool, to_completions
+from asg.backbones.qwen_vl import EMBED_IMAGE_PROBE, QwenVLUnderstanding
 from asg.backbones.roles import RoleAdapters
 from asg.errors import CapabilityError, ConfigError, DataError
-from asg.kernels import linear_token_stats, token_stats
 from asg.protocol import Preset
-from asg.types import ROLES, Completion, FlowTrace, GeneratedImage, LossOutput, Prompt, SamplingParams, ScoreOutput
+from asg.types import ROLES, FlowTrace, GeneratedImage, LossOutput
 from asg_blip3o import checkpoint as ckpt
 from asg_blip3o import vlm as V
 from asg_blip3o.decoder import DiffusionDecoder
@@ -43,10 +42,9 @@ _LLM = r".*blip3o\.vlm\.model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o
 _DIT = r".*blip3o\.dit\.model\.layers\.\d+\.(attn1\.to_(q|k|v)|attn2\.to_(q|k|v|out\.0)|feed_forward\.linear_(1|2|3))"
 GENERATE_TEMPLATE = "Please generate image based on the following caption: {prompt}"  # B3 inference.py
 NULL_PROMPT = " "  # the decoder's unconditional branch: the raw text " " through LLM + DiT (B3 pipeline_llava_gen)
-EMBED_IMAGE_PROBE = "Describe the image."
 
 
-class Blip3oBackbone(AdapterBackbone):
+class Blip3oBackbone(QwenVLUnderstanding, AdapterBackbone):
     """BLIP3o-8B (see the module docstring)."""
 
     name = "blip3o"
@@ -136,7 +134,9 @@ class Blip3oBackbone(AdapterBackbone):
             dit_config = DiTConfig(**{**_dit_fields(dit_config), "latent_embedding_size": extras.hidden_size})
             decoder = (DiffusionDecoder.from_folder(folder, device=device, dtype=dtype_) if folder is not None
                        else DiffusionDecoder.tiny(feature_dim=dit_config.in_channels, seed=seed, device=device, dtype=dtype_))
-            tower = EvaVisionTower(EvaConfig.tiny())
+            with torch.random.fork_rng(devices=[]):  # seeded like the rest: same seed, same tower
+                torch.manual_seed(seed + 2)
+                tower = EvaVisionTower(EvaConfig.tiny())
             settings = {"image_size": 32, "dit_steps": 3, "decoder_steps": 2, "guidance": 3.0, "decoder_guidance": 3.0}
         else:
             decoder = DiffusionDecoder.from_folder(folder, device=device, dtype=dtype_) if folder is not None and weights else None
@@ -192,59 +192,10 @@ class Blip3oBackbone(AdapterBackbone):
     def model(self) -> V.Blip3oModel:
         return self.net["blip3o"]
 
-    # -- text -----------------------------------------------------------------------------------------
-    def _inputs(self, prompts: Sequence[Prompt]) -> dict[str, torch.Tensor]:
-        for i, p in enumerate(prompts):
-            if not isinstance(p, Prompt):
-                raise TypeError(f"prompts[{i}] must be an asg.types.Prompt, got {type(p).__name__}")
-        texts = [p.text if not p.system else f"{p.system}\n{p.text}" for p in prompts]
-        batch = V.understanding_inputs(self.processor, [p.image for p in prompts], texts)
-        out = {k: v.to(self._device()) for k, v in batch.items()}
-        if "pixel_values" in out:
-            out["pixel_values"] = out["pixel_values"].to(self._param_dtype())
-        return out
-
-    def generate_text(self, prompts: Sequence[Prompt], sampling: SamplingParams | Sequence[SamplingParams], *,
-                      seed: int | None = None, return_stats: bool = True) -> list[Completion]:
-        if not prompts:
-            return []
-        params = [sampling] * len(prompts) if isinstance(sampling, SamplingParams) else list(sampling)
-        inputs = self._inputs(prompts)
-        with torch.no_grad():
-            rows = generate_with_stats(self.model.vlm, inputs, params, eos_token_ids=[self.eos_id], pad_token_id=self.pad_id,
-                                       seed=seed, return_stats=return_stats, suppress_token_ids=self._suppress)
-        return to_completions(rows, params, self.tokenizer)
-
-    def score(self, prompts: Sequence[Prompt], completions: Sequence[str | Sequence[int]], *, grad: bool = False,
-              return_logits: bool = False, append_eos: bool = True) -> ScoreOutput:
-        """Teacher-forced statistics of each completion after its chat prompt, (B, T) right-padded."""
-        if len(prompts) != len(completions):
-            raise ValueError(f"score got {len(prompts)} prompts but {len(completions)} completions")
-        comp = [list(self.tokenizer.encode(c, add_special_tokens=False)) if isinstance(c, str) else list(c) for c in completions]
-        comp = [c + [self.eos_id] if append_eos else c for c in comp]
-        if any(not c for c in comp):
-            raise ValueError("cannot score an empty completion")
-        T = max(len(c) for c in comp)
-        ids = torch.full((len(comp), T), self.pad_id, dtype=torch.long)
-        mask = torch.zeros(len(comp), T, dtype=torch.long)
-        for b, c in enumerate(comp):
-            ids[b, :len(c)], mask[b, :len(c)] = torch.tensor(c), 1
-        prompt = self._inputs(prompts)
-        inputs = V.teacher_forcing_inputs(prompt, ids.to(self._device()), mask.to(self._device()))
-        P = prompt["input_ids"].shape[1]
-        vlm = self.model.vlm
-        with torch.set_grad_enabled(grad):
-            hidden = vlm.model(**inputs, use_cache=False).last_hidden_state[:, P - 1:P - 1 + T]  # (B, T, H) predicts the answer
-            targets = torch.where(mask.bool(), ids, torch.full_like(ids, -100)).to(hidden.device)
-            logits = None
-            if return_logits:
-                logits = vlm.lm_head(hidden)
-                stats = token_stats(logits, targets, ignore_index=-100)
-            else:
-                stats = linear_token_stats(hidden, vlm.lm_head.weight, targets, ignore_index=-100)
-            valid = mask.bool().to(hidden.device)
-            entropy = torch.where(valid, stats.entropy, torch.zeros_like(stats.entropy))
-        return ScoreOutput(logprobs=stats.logprob, entropy=entropy, mask=valid, logits=logits)
+    @property
+    def vlm(self) -> nn.Module:
+        """The transformers Qwen-VL model the understanding methods (:class:`QwenVLUnderstanding`) run."""
+        return self.model.vlm
 
     # -- images ---------------------------------------------------------------------------------------
     def _conditions(self, prompts: Sequence[str], *, template: bool = True) -> torch.Tensor:
@@ -334,28 +285,6 @@ class Blip3oBackbone(AdapterBackbone):
 
     def image_token_logprobs(self, prompts: Sequence[str], traces: Sequence[Any]) -> torch.Tensor:
         raise CapabilityError("blip3o generates by flow matching (generation_kind='flow'); it has no image tokens")
-
-    # -- embeddings -----------------------------------------------------------------------------------
-    def embed_text(self, texts: Sequence[str]) -> torch.Tensor:
-        if not texts:
-            return torch.empty(0, self.embedding_dim)
-        enc = self.tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=False)
-        ids, mask = enc["input_ids"].to(self._device()), enc["attention_mask"].to(self._device())
-        with torch.no_grad(), self.use_role(None):
-            lm = self.model.vlm.model.language_model
-            hidden = lm(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0)).last_hidden_state
-        return mean_pool(hidden, mask)
-
-    def embed_image(self, images: Sequence[Image.Image], texts: Sequence[str] | None = None) -> torch.Tensor:
-        if not images:
-            return torch.empty(0, self.embedding_dim)
-        probes = list(texts) if texts is not None else [EMBED_IMAGE_PROBE] * len(images)
-        if len(probes) != len(images):
-            raise ValueError(f"embed_image got {len(images)} images but {len(probes)} texts")
-        inputs = self._inputs([Prompt(t, image=im) for t, im in zip(probes, images)])
-        with torch.no_grad(), self.use_role(None):
-            hidden = self.model.vlm.model(**inputs, use_cache=False).last_hidden_state
-        return mean_pool(hidden, inputs["attention_mask"])
 
     def components(self) -> dict[str, nn.Module]:
         m = self.model

@@ -7,21 +7,35 @@ siblings, so every name is translated by the explicit table below, both ways. A 
 error: guessing would load a tensor into the wrong place or drop one silently.
 
 EVA-CLIP keys (``model.gen_vision_tower.*``, the generation-target encoder) hold nothing the inference model
-uses; if a checkpoint carries them they are reported as ignored, never loaded.
+uses; if a checkpoint carries them they are reported as ignored, never loaded (``gen_tower.py`` reads them).
+
+Only the name rules live here; the file handling (shards, index, strict loading, saving) is the generic
+:mod:`asg.backbones.checkpoint_io`, whose names are re-exported so callers keep importing them from here.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-import torch
 from torch import nn
 
-from asg.errors import DataError
+from asg.backbones import checkpoint_io as io
+from asg.backbones.checkpoint_io import (  # re-exported: the plugin's tests and gen_tower import them from here
+    INDEX_FILE,
+    SINGLE_FILE,
+    CheckpointError,
+    LoadReport,
+    TensorEntry,
+    checkpoint_files,
+    read_checkpoint_header,
+)
+
+__all__ = ["EXACT_RULES", "IGNORED_PREFIXES", "INDEX_FILE", "PREFIX_RULES", "SINGLE_FILE", "CheckpointError",
+           "LoadReport", "TensorEntry", "checkpoint_files", "checkpoint_manifest", "from_checkpoint_name",
+           "from_checkpoint_names", "is_ignored", "load_checkpoint", "read_checkpoint_header", "save_checkpoint",
+           "to_checkpoint_name", "to_checkpoint_names"]
 
 T = TypeVar("T")
 
@@ -38,19 +52,7 @@ EXACT_RULES: tuple[tuple[str, str], ...] = (("model.latent_queries", "latent_que
 IGNORED_PREFIXES: tuple[str, ...] = ("model.gen_vision_tower.",)
 """Checkpoint prefixes that are skipped with a report: EVA-CLIP, used only to make DiT training targets."""
 
-SINGLE_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
-_SHOW = 8  # how many offending keys an error lists
-
-
-class CheckpointError(DataError):
-    """A checkpoint file, index or key does not fit the model; the message names file and key."""
-
-
-def _listing(keys: Iterable[str]) -> str:
-    keys = sorted(keys)
-    more = f" ... (+{len(keys) - _SHOW} more)" if len(keys) > _SHOW else ""
-    return ", ".join(keys[:_SHOW]) + more
+FAMILY = "BLIP3o"  # how errors name these rules
 
 
 def is_ignored(checkpoint_key: str) -> bool:
@@ -89,32 +91,15 @@ def to_checkpoint_name(module_name: str) -> str:
     return key
 
 
-def _rename_all(items: Mapping[str, T], one: object, what: str) -> dict[str, T]:
-    out: dict[str, T] = {}
-    bad: list[str] = []
-    for name, value in items.items():
-        try:
-            out[one(name)] = value  # type: ignore[operator]
-        except CheckpointError:
-            bad.append(name)
-    if bad:
-        raise CheckpointError(f"{len(bad)} {what} match no BLIP3o name rule: {_listing(bad)}")
-    return out
-
-
 def from_checkpoint_names(items: Mapping[str, T]) -> dict[str, T]:
     """Re-key a mapping (e.g. a state dict) from checkpoint names to module names; unknown keys are an error
     naming all of them."""
-    return _rename_all(items, from_checkpoint_name, "checkpoint key(s)")
+    return io.rename_keys(items, from_checkpoint_name, what="checkpoint key(s)", family=FAMILY)
 
 
 def to_checkpoint_names(items: Mapping[str, T]) -> dict[str, T]:
     """Re-key a mapping from module names to checkpoint names; unknown names are an error naming them."""
-    return _rename_all(items, to_checkpoint_name, "module name(s)")
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
+    return io.rename_keys(items, to_checkpoint_name, what="module name(s)", family=FAMILY)
 
 
 def checkpoint_manifest(model: nn.Module) -> dict[str, dict[str, object]]:
@@ -122,174 +107,22 @@ def checkpoint_manifest(model: nn.Module) -> dict[str, dict[str, object]]:
 
     Same format as the fixture manifest of the public checkpoint, so the two compare with ``==``.
     """
-    params = {name for name, _ in model.named_parameters()}
-    manifest = {}
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        manifest[to_checkpoint_name(name)] = {"shape": list(tensor.shape), "dtype": _dtype_name(tensor.dtype),
-                                              "kind": "parameter" if name in params else "buffer"}
-    return manifest
+    return io.checkpoint_manifest(model, to_checkpoint_name)
 
 
-# --------------------------------------------------------------------------------------------------
-# Reading files
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TensorEntry:
-    """Where a checkpoint tensor lives, read from the safetensors header only."""
-
-    file: str
-    shape: tuple[int, ...]
-    dtype: str
-
-
-@dataclass(frozen=True)
-class LoadReport:
-    """What ``load_checkpoint`` did: files read, tensors loaded, keys ignored on purpose."""
-
-    folder: Path
-    files: tuple[str, ...]
-    loaded: int
-    ignored: tuple[str, ...]
-
-
-def checkpoint_files(folder: str | Path) -> tuple[Path, ...]:
-    """The safetensors files of a checkpoint folder: the shards the HF index names, or ``model.safetensors``."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise CheckpointError(f"checkpoint folder {folder} does not exist")
-    index = folder / INDEX_FILE
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise CheckpointError(f"{index} is not an HF index with a weight_map: {err}") from err
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise CheckpointError(f"{index} has an empty or malformed weight_map")
-        names = sorted(set(weight_map.values()))
-        missing = [n for n in names if not (folder / n).is_file()]
-        if missing:
-            raise CheckpointError(f"{index} names shard file(s) missing from {folder}: {_listing(missing)}")
-        return tuple(folder / n for n in names)
-    single = folder / SINGLE_FILE
-    if single.is_file():
-        return (single,)
-    found = sorted(p.name for p in folder.glob("*.safetensors"))
-    raise CheckpointError(f"checkpoint folder {folder} has neither {INDEX_FILE} nor {SINGLE_FILE} "
-                          f"(safetensors files present: {', '.join(found) or 'none'})")
-
-
-def read_checkpoint_header(folder: str | Path) -> dict[str, TensorEntry]:
-    """Every tensor of the checkpoint, by checkpoint key, from file headers only (nothing is loaded).
-
-    With an index, each shard must hold exactly the keys the index assigns to it; a key in two files is an
-    error naming both.
-    """
-    from safetensors import safe_open
-
-    folder = Path(folder)
-    files = checkpoint_files(folder)
-    index = folder / INDEX_FILE
-    weight_map: dict[str, str] | None = json.loads(index.read_text())["weight_map"] if index.is_file() else None
-    entries: dict[str, TensorEntry] = {}
-    for path in files:
-        with safe_open(str(path), framework="pt") as handle:
-            keys = list(handle.keys())
-            for key in keys:
-                if key in entries:
-                    raise CheckpointError(f"checkpoint key {key} is in both {entries[key].file} and {path.name}")
-                piece = handle.get_slice(key)
-                entries[key] = TensorEntry(path.name, tuple(piece.get_shape()), str(piece.get_dtype()))
-        if weight_map is not None:
-            listed = {k for k, f in weight_map.items() if f == path.name}
-            absent, unlisted = listed - set(keys), set(keys) - listed
-            if absent:
-                raise CheckpointError(f"{INDEX_FILE} assigns key(s) to {path.name} that it lacks: {_listing(absent)}")
-            if unlisted:
-                raise CheckpointError(f"{path.name} holds key(s) {INDEX_FILE} does not list for it: {_listing(unlisted)}")
-    return entries
+def _dit_hint(checkpoint_keys: Sequence[str]) -> str:
+    return " (is the DiT attached?)"
 
 
 def load_checkpoint(folder: str | Path, model: nn.Module) -> LoadReport:
-    """Load a BLIP3o checkpoint folder into ``model`` strictly, converting dtypes to the model's.
-
-    All checks run on file headers before any tensor is copied, so a failing load leaves ``model`` untouched:
-    every model tensor must be present, every (non-ignored) checkpoint key must map to a model tensor, and
-    shapes must match. Errors name the file and key. The model must be materialised (not on ``meta``): its
-    non-persistent rotary buffers are not in the checkpoint and would stay empty.
-    """
-    from safetensors import safe_open
-
-    folder = Path(folder)
-    state = model.state_dict(keep_vars=True)
-    on_meta = [n for n, t in state.items() if t.is_meta]
-    on_meta += [n for n, b in model.named_buffers() if b.is_meta and n not in state]
-    if on_meta:
-        raise CheckpointError(f"model has {len(on_meta)} tensor(s) on the meta device (e.g. {on_meta[0]}); build it "
-                              "on a real device before load_checkpoint")
-    expected = {to_checkpoint_name(name): name for name in state}
-    entries = read_checkpoint_header(folder)
-    ignored = tuple(sorted(k for k in entries if is_ignored(k)))
-    present = {k: e for k, e in entries.items() if not is_ignored(k)}
-
-    unknown = [f"{e.file}:{k}" for k, e in present.items() if _rename(k, 0) is None]
-    if unknown:
-        raise CheckpointError(f"{folder}: {len(unknown)} checkpoint key(s) match no BLIP3o name rule: {_listing(unknown)}")
-    unexpected = [f"{e.file}:{k}" for k, e in present.items() if k not in expected]
-    if unexpected:
-        raise CheckpointError(f"{folder}: {len(unexpected)} checkpoint key(s) have no place in the model "
-                              f"(is the DiT attached?): {_listing(unexpected)}")
-    missing = [k for k in expected if k not in present]
-    if missing:
-        files = ", ".join(sorted({e.file for e in entries.values()}))
-        raise CheckpointError(f"{folder}: {len(missing)} model tensor(s) missing from {files}: {_listing(missing)}")
-    wrong = [f"{present[k].file}:{k} expected {list(state[n].shape)} found {list(present[k].shape)}"
-             for k, n in expected.items() if tuple(state[n].shape) != present[k].shape]
-    if wrong:
-        raise CheckpointError(f"{folder}: {len(wrong)} shape mismatch(es): {'; '.join(sorted(wrong)[:_SHOW])}")
-
-    files = sorted({e.file for e in present.values()})
-    with torch.no_grad():
-        for name in files:
-            with safe_open(str(folder / name), framework="pt") as handle:
-                for key in handle.keys():
-                    if key in expected:
-                        state[expected[key]].copy_(handle.get_tensor(key))
-    return LoadReport(folder=folder, files=tuple(files), loaded=len(expected), ignored=ignored)
+    """Load a BLIP3o checkpoint folder into ``model`` strictly (:func:`asg.backbones.checkpoint_io.load_checkpoint`
+    with the BLIP3o rules): every model tensor present, every checkpoint key outside the EVA-CLIP tower mapped
+    to a model tensor, shapes equal, errors naming file and key; EVA-CLIP keys come back in ``report.ignored``."""
+    return io.load_checkpoint(folder, model, to_checkpoint_name=to_checkpoint_name,
+                              from_checkpoint_name=from_checkpoint_name, is_ignored=is_ignored,
+                              unexpected_hint=_dit_hint, family=FAMILY)
 
 
 def save_checkpoint(model: nn.Module, folder: str | Path, *, shards: int = 1) -> tuple[Path, ...]:
-    """Write ``model`` under checkpoint names, as ``model.safetensors`` or ``shards`` HF shards + index.
-
-    Keys are split into ``shards`` contiguous groups of roughly equal bytes, named
-    ``model-0000i-of-0000n.safetensors`` as ``save_pretrained`` does.
-    """
-    from safetensors.torch import save_file
-
-    if shards < 1:
-        raise ValueError(f"shards must be >= 1, got {shards}")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous() for k, v in to_checkpoint_names(model.state_dict()).items()}
-    if shards == 1:
-        path = folder / SINGLE_FILE
-        save_file(tensors, str(path), metadata={"format": "pt"})
-        return (path,)
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
-    groups: list[dict[str, torch.Tensor]] = [{} for _ in range(shards)]
-    running = 0
-    for key, tensor in tensors.items():
-        groups[min(shards - 1, running * shards // max(total, 1))][key] = tensor
-        running += tensor.numel() * tensor.element_size()
-    if any(not g for g in groups):
-        raise ValueError(f"cannot split {len(tensors)} tensors into {shards} non-empty shards")
-    weight_map, paths = {}, []
-    for i, group in enumerate(groups, 1):
-        name = f"model-{i:05d}-of-{shards:05d}.safetensors"
-        save_file(group, str(folder / name), metadata={"format": "pt"})
-        weight_map.update({k: name for k in group})
-        paths.append(folder / name)
-    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-    (folder / INDEX_FILE).write_text(json.dumps(index, indent=2))
-    return tuple(paths)
+    """Write ``model`` under checkpoint names, as ``model.safetensors`` or ``shards`` HF shards + index."""
+    return io.save_checkpoint(model, folder, to_checkpoint_name=to_checkpoint_name, shards=shards, family=FAMILY)

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from asg.backbones.checkpoint_io import listing
 from asg.errors import ConfigError
 from asg_blip3o.checkpoint import CheckpointError
 
@@ -60,7 +61,6 @@ file ``jiuhai/eva_clip_vision_tower/pytorch_model.bin`` is loaded upstream) lack
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # eva_clip_processors.py EvaClipImageBaseProcessor
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-_SHOW = 8  # how many offending keys an error lists
 
 
 @attrs.frozen(kw_only=True)
@@ -324,12 +324,6 @@ def preprocess_image(image: Image.Image, size: int) -> Tensor:
     return (x - mean) / std
 
 
-def _listing(keys: Collection[str]) -> str:
-    keys = sorted(keys)
-    more = f" ... (+{len(keys) - _SHOW} more)" if len(keys) > _SHOW else ""
-    return ", ".join(keys[:_SHOW]) + more
-
-
 def load_tower_weights(tower: EvaVisionTower, state: Mapping[str, Tensor], prefix: str = checkpoint_prefix) -> None:
     """Copy ``state[prefix + key]`` into every ``key`` of ``tower``'s state dict, strictly.
 
@@ -343,13 +337,13 @@ def load_tower_weights(tower: EvaVisionTower, state: Mapping[str, Tensor], prefi
     unexpected = given.keys() - own.keys()
     problems = []
     if missing:
-        problems.append(f"{len(missing)} missing key(s): {_listing([prefix + k for k in missing])}")
+        problems.append(f"{len(missing)} missing key(s): {listing([prefix + k for k in missing])}")
     if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): {_listing([prefix + k for k in unexpected])}")
+        problems.append(f"{len(unexpected)} unexpected key(s): {listing([prefix + k for k in unexpected])}")
     bad_shape = [f"{prefix + k} {tuple(given[k].shape)} != {tuple(own[k].shape)}"
                  for k in sorted(own.keys() & given.keys()) if tuple(given[k].shape) != tuple(own[k].shape)]
     if bad_shape:
-        problems.append(f"{len(bad_shape)} shape mismatch(es): {_listing(bad_shape)}")
+        problems.append(f"{len(bad_shape)} shape mismatch(es): {listing(bad_shape)}")
     if problems:
         raise CheckpointError("EVA-CLIP tower weights do not fit: " + "; ".join(problems))
     with torch.no_grad():

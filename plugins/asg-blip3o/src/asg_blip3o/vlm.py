@@ -4,7 +4,9 @@ BLIP3o-8B answers questions with an unmodified Qwen2.5-VL-7B (upstream never ove
 this module imports ``transformers.Qwen2_5_VLForConditionalGeneration`` and adds only what the library
 does not know: how to read BLIP3o's ``config.json`` (pre-v5, flat, with BLIP3o training attributes), the
 two BLIP3o parameters around it (``latent_queries``; the DiT comes from ``asg_blip3o.dit``), a processor
-built from local files, and the log-prob helpers the self-evolving recipes need.
+built from local files, and the log-prob helpers the self-evolving recipes need. The Qwen-VL pieces it shares
+with other backbones (chat template, processor, image sizing, teacher forcing, log-probs) are
+:mod:`asg.backbones.qwen_vl`'s, re-exported here under the names callers use.
 
 Module tree (the checkpoint mapping in ``checkpoint.py`` relies on these names)::
 
@@ -16,8 +18,6 @@ Module tree (the checkpoint mapping in ``checkpoint.py`` relies on these names):
 
 from __future__ import annotations
 
-import functools
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,18 +26,34 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from asg.backbones import qwen_vl
+from asg.backbones.qwen_vl import (  # re-exported: BLIP3o's understanding API, shared with other Qwen-VL backbones
+    IMAGE_MAX_SIDE,
+    IMAGE_MIN_SIDE,
+    IMAGE_MULTIPLE,
+    LORA_TARGETS,
+    SYSTEM_PROMPT,
+    answer_logprobs,
+    generation_logprobs,
+    normalize_image_size,
+    teacher_forcing_inputs,
+    understanding_inputs,
+    understanding_messages,
+)
 from asg.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # transformers is imported lazily: importing this module stays cheap
-    from PIL import Image
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+
+__all__ = ["Blip3oExtras", "Blip3oModel", "CHAT_TEMPLATE", "FULL_CONFIG_JSON", "FULL_TOKEN_IDS", "IMAGE_MAX_SIDE",
+           "IMAGE_MIN_SIDE", "IMAGE_MULTIPLE", "LORA_TARGETS", "SPECIAL_TOKENS", "SYSTEM_PROMPT", "TINY_TOKEN_IDS",
+           "answer_logprobs", "blip3o_config", "build_vlm", "full_config", "generation_logprobs", "load_tokenizer",
+           "make_processor", "normalize_image_size", "teacher_forcing_inputs", "tiny_config", "tiny_config_json",
+           "tiny_tokenizer", "understanding_inputs", "understanding_messages"]
 
 # --------------------------------------------------------------------------------------------------
 # Tokens and prompt
 # --------------------------------------------------------------------------------------------------
-
-SYSTEM_PROMPT = "You are a helpful assistant."
-"""BLIP3o's ChatML system turn (``conv_qwen``), also Qwen2.5-VL's default."""
 
 SPECIAL_TOKENS: tuple[str, ...] = (
     "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",
@@ -58,32 +74,10 @@ TINY_TOKEN_IDS: Mapping[str, int] = {
 }
 """Ids in :func:`tiny_tokenizer` (256 byte symbols first); ``tiny_tokenizer`` checks it reproduces them."""
 
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\n" + SYSTEM_PROMPT + "<|im_end|>\n"
-    "{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}"
-    "{% else %}{{ raise_exception('BLIP3o chat template: unsupported content type ' + part['type']) }}"
-    "{% endif %}{% endfor %}{% endif %}"
-    "<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-"""ChatML as BLIP3o/Qwen2.5-VL use it: a default system turn, images as ``<|vision_start|><|image_pad|><|vision_end|>``
-in place (the processor expands the pad to one token per merged patch). Ours, so no hub template is needed."""
-
-LORA_TARGETS = r"(?:.*\.)?language_model\.layers\.\d+\.(?:self_attn\.[qkvo]_proj|mlp\.(?:gate|up|down)_proj)"
-"""PEFT ``target_modules`` regex: the language model's attention and MLP projections only. Suffix lists
-(``q_proj``, ..., ``down_proj``) would also wrap the vision tower's SwiGLU MLP (``visual.blocks.N.mlp.*``)."""
-
-IMAGE_MULTIPLE = 28  # patch 14 x spatial merge 2: one merged vision token per 28x28 pixels
-IMAGE_MIN_SIDE = 56
-IMAGE_MAX_SIDE = 1024
+CHAT_TEMPLATE = qwen_vl.chat_template("BLIP3o")
+"""ChatML as BLIP3o/Qwen2.5-VL use it (:func:`asg.backbones.qwen_vl.chat_template`): a default system turn
+(``conv_qwen``), images as ``<|vision_start|><|image_pad|><|vision_end|>`` in place. Ours, so no hub template
+is needed."""
 
 # --------------------------------------------------------------------------------------------------
 # Config
@@ -169,16 +163,7 @@ def _rope_parameters(config_json: Mapping[str, Any], head_dim: int) -> dict[str,
     kind = scaling.get("rope_type", scaling.get("type"))
     if kind not in ("mrope", "default"):
         raise ConfigError(f"config.json rope_scaling type is {kind!r}; BLIP3o's Qwen2.5-VL uses 'mrope'")
-    section = scaling.get("mrope_section")
-    if not isinstance(section, (list, tuple)) or len(section) != 3 or not all(isinstance(s, int) for s in section):
-        raise ConfigError(f"config.json rope_scaling.mrope_section must be 3 ints, found {section!r}")
-    if sum(section) * 2 != head_dim:
-        raise ConfigError(f"config.json rope_scaling.mrope_section {list(section)} sums to {sum(section)}; "
-                          f"expected head_dim/2 = {head_dim // 2} (hidden_size / num_attention_heads / 2)")
-    theta = scaling.get("rope_theta", config_json.get("rope_theta"))
-    if theta is None:
-        raise ConfigError("config.json lacks rope_theta (needed for Qwen2.5-VL's rotary embedding)")
-    return {"rope_type": "default", "rope_theta": float(theta), "mrope_section": list(section)}
+    return qwen_vl.mrope_parameters(scaling, config_json, head_dim, model="Qwen2.5-VL")
 
 
 def blip3o_config(config_json: Mapping[str, Any], *,
@@ -324,20 +309,12 @@ class Blip3oModel(nn.Module):
 
 
 def tiny_tokenizer() -> Any:
-    """A byte-level Qwen2 tokenizer built in memory (no files, no merges): 256 byte symbols, then
-    ``<|endoftext|>`` (unk/pad) and :data:`SPECIAL_TOKENS`, with ids exactly :data:`TINY_TOKEN_IDS`."""
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import Qwen2Tokenizer
-
-    vocab = {symbol: i for i, symbol in enumerate(sorted(ByteLevel.alphabet()))}
-    tok = Qwen2Tokenizer(vocab=vocab, merges=[], unk_token="<|endoftext|>", eos_token="<|endoftext|>",
-                         pad_token="<|endoftext|>")
-    tok.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})  # Qwen's order: im_start, im_end, ...
-    tok.eos_token = "<|im_end|>"  # set after adding, so <|im_end|> keeps its place after <|im_start|>
-    found = {t: tok.convert_tokens_to_ids(t) for t in TINY_TOKEN_IDS}
-    if found != dict(TINY_TOKEN_IDS):
-        raise RuntimeError(f"tiny tokenizer ids changed: expected {dict(TINY_TOKEN_IDS)}, found {found}")
-    return tok
+    """A byte-level Qwen2 tokenizer built in memory (no files, no merges): the 256 byte symbols in sorted
+    order, then ``<|endoftext|>`` (unk/pad) and :data:`SPECIAL_TOKENS`, with ids exactly :data:`TINY_TOKEN_IDS`
+    (:func:`asg.backbones.qwen_vl.byte_level_tokenizer` checks it)."""
+    symbols = qwen_vl.byte_symbols()
+    byte_ids = {byte: i for i, byte in enumerate(sorted(symbols, key=symbols.__getitem__))}
+    return qwen_vl.byte_level_tokenizer(byte_ids, TINY_TOKEN_IDS)
 
 
 def load_tokenizer(folder: str | Path) -> Any:
@@ -354,185 +331,20 @@ def load_tokenizer(folder: str | Path) -> Any:
     return tok
 
 
-@functools.cache
-def _image_only_processor_class() -> type:
-    """``Qwen2_5_VLProcessor`` without the video slot.
-
-    The library's video processor imports torchvision (not installed here) and ``ProcessorMixin`` rejects a
-    None video processor; BLIP3o never feeds video, so this subclass drops that attribute from the signature
-    that ``ProcessorMixin.get_attributes`` reads. Everything else (image-pad expansion, ``mm_token_type_ids``)
-    is the library's. Cached, so every processor ``make_processor`` returns has the same class.
-    """
-    from transformers import Qwen2_5_VLProcessor
-
-    class Blip3oImageProcessor(Qwen2_5_VLProcessor):
-        def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: str | None = None,
-                     **kwargs: Any) -> None:
-            super().__init__(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
-                             chat_template=chat_template, **kwargs)
-
-    return Blip3oImageProcessor
-
-
 def make_processor(tokenizer: Any, config: Qwen2_5_VLConfig | None = None, *,
                    with_video: bool = False) -> Qwen2_5_VLProcessor:
     """A ``Qwen2_5_VLProcessor`` from in-memory parts: no hub access (upstream fetched one from
     ``Qwen/Qwen2.5-VL-7B-Instruct`` because BLIP3o's folder ships a bare tokenizer).
 
-    The image processor takes patch/merge/temporal sizes from ``config.vision_config`` (Qwen2.5-VL-7B's when
-    None) and the 7B-Instruct pixel bounds and CLIP normalisation. ``with_video`` adds the library's video
-    processor, which needs torchvision. The tokenizer is set to left padding, which batched scoring needs.
+    :func:`asg.backbones.qwen_vl.build_processor` with :data:`CHAT_TEMPLATE`: sizes from ``config.vision_config``
+    (Qwen2.5-VL-7B's when None), the 7B-Instruct pixel bounds and CLIP normalisation, left padding; without
+    ``with_video``, no video processor (that needs torchvision). The tokenizer must have the chat and vision
+    tokens the prompt uses.
     """
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers import Qwen2_5_VLProcessor
 
-    vision = config.vision_config if config is not None else None
-    sizes = {"patch_size": getattr(vision, "patch_size", 14), "merge_size": getattr(vision, "spatial_merge_size", 2),
-             "temporal_patch_size": getattr(vision, "temporal_patch_size", 2)}
-    image_processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=12845056, **sizes)
     for token in ("<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_start|>", "<|im_end|>"):
         if tokenizer.convert_tokens_to_ids(token) in (None, tokenizer.unk_token_id):
             raise DataError(f"tokenizer {type(tokenizer).__name__} lacks {token}, which the Qwen2.5-VL prompt needs")
-    tokenizer.padding_side = "left"
-    if not with_video:
-        return _image_only_processor_class()(image_processor=image_processor, tokenizer=tokenizer,
-                                             chat_template=CHAT_TEMPLATE)
-    try:
-        from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
-    except ImportError as err:
-        raise ConfigError(f"make_processor(with_video=True) needs torchvision for Qwen2VLVideoProcessor: {err}") from err
-    from transformers import Qwen2_5_VLProcessor
-
-    return Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                               video_processor=Qwen2VLVideoProcessor(**sizes), chat_template=CHAT_TEMPLATE)
-
-
-def normalize_image_size(image: Image.Image, *, multiple: int = IMAGE_MULTIPLE, min_side: int = IMAGE_MIN_SIDE,
-                         max_side: int = IMAGE_MAX_SIDE) -> Image.Image:
-    """Resize so both sides are multiples of ``multiple`` within [min_side, max_side] (as the reference
-    recipe does before the processor), keeping the aspect ratio where the bounds allow.
-
-    A long side above ``max_side`` scales the image down; a short side below ``min_side`` scales it up; each
-    side is then floored to a multiple and clamped. The Qwen processor then needs no resize of its own, so
-    the number of image tokens is predictable: (w/28) * (h/28).
-    """
-    from PIL import Image as PILImage
-
-    if not isinstance(image, PILImage.Image):
-        raise DataError(f"expected a PIL image, got {type(image).__name__}")
-    w, h = image.size
-    if w <= 0 or h <= 0:
-        raise DataError(f"image has an empty side: {w}x{h}")
-    lo = math.ceil(min_side / multiple) * multiple
-    hi = (max_side // multiple) * multiple
-    if lo > hi:
-        raise ConfigError(f"no multiple of {multiple} lies in [{min_side}, {max_side}]")
-    scale = 1.0
-    if max(w, h) > max_side:
-        scale = max_side / max(w, h)
-    if min(w, h) * scale < min_side:
-        scale = min_side / min(w, h)
-    side = lambda s: min(hi, max(lo, int(round(s * scale)) // multiple * multiple))  # noqa: E731
-    new = (side(w), side(h))
-    image = image.convert("RGB")
-    return image if new == (w, h) else image.resize(new, PILImage.BICUBIC)
-
-
-def understanding_messages(question: str, image: Image.Image | None = None) -> list[dict[str, Any]]:
-    """BLIP3o's understanding turn: the user message holds the image first, then the question."""
-    content: list[dict[str, Any]] = [{"type": "image", "image": image}] if image is not None else []
-    content.append({"type": "text", "text": question})
-    return [{"role": "user", "content": content}]
-
-
-def understanding_inputs(processor: Qwen2_5_VLProcessor, images: Sequence[Image.Image | None],
-                         questions: Sequence[str]) -> Any:
-    """Model inputs for a batch of (image, question) prompts, ending in the assistant generation prompt.
-
-    Images are size-normalised first; prompts are left-padded. Returns the processor's ``BatchFeature``
-    (``input_ids``, ``attention_mask``, ``mm_token_type_ids``, ``pixel_values``, ``image_grid_thw``).
-    """
-    if len(images) != len(questions):
-        raise ConfigError(f"{len(images)} images for {len(questions)} questions")
-    if not questions:
-        raise ConfigError("understanding_inputs needs at least one question")
-    texts, pixels = [], []
-    for image, question in zip(images, questions):
-        messages = understanding_messages(question, image)
-        texts.append(processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-        if image is not None:
-            pixels.append(normalize_image_size(image))
-    return processor(text=texts, images=pixels or None, return_tensors="pt", padding=True)
-
-
-# --------------------------------------------------------------------------------------------------
-# Scoring
-# --------------------------------------------------------------------------------------------------
-
-_PASS_THROUGH = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
-
-
-def teacher_forcing_inputs(prompt: Mapping[str, torch.Tensor], answer_ids: torch.Tensor,
-                           answer_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Prompt + answer as one forward's inputs.
-
-    ``input_ids`` and ``attention_mask`` get the answer appended; ``mm_token_type_ids`` gets zeros (answer
-    tokens are text). Without that extension v5 Qwen2.5-VL either raises a shape error in ``get_rope_index``
-    or, if the ids are dropped, silently falls back to 1-D positions for an image prompt. Prompts must be
-    left-padded so that every row's answer starts at the same column.
-    """
-    for key in ("input_ids", "attention_mask"):
-        if key not in prompt:
-            raise ConfigError(f"prompt inputs lack {key!r}")
-    ids, mask = prompt["input_ids"], prompt["attention_mask"]
-    if answer_ids.dim() != 2 or answer_ids.shape[0] != ids.shape[0]:
-        raise ConfigError(f"answer_ids must be (batch={ids.shape[0]}, length), found {tuple(answer_ids.shape)}")
-    if bool((mask[:, -1] == 0).any()):
-        raise ConfigError("prompt attention_mask ends in padding: prompts must be left-padded "
-                          "(make_processor sets tokenizer.padding_side='left')")
-    if answer_mask is None:
-        answer_mask = torch.ones_like(answer_ids)
-    if answer_mask.shape != answer_ids.shape:
-        raise ConfigError(f"answer_mask shape {tuple(answer_mask.shape)} != answer_ids shape {tuple(answer_ids.shape)}")
-    has_vision = any(prompt.get(k) is not None for k in ("pixel_values", "pixel_values_videos"))
-    if has_vision and "mm_token_type_ids" not in prompt:
-        raise ConfigError("prompt has pixel values but no mm_token_type_ids: the image tokens' 3-D rope "
-                          "positions cannot be computed")
-    unknown = sorted(set(prompt) - {"input_ids", "attention_mask", "mm_token_type_ids", *_PASS_THROUGH})
-    if unknown:
-        raise ConfigError(f"teacher_forcing_inputs does not know how to extend prompt input(s) {', '.join(unknown)}")
-    answer_ids = answer_ids.to(ids.device, ids.dtype)
-    out = {"input_ids": torch.cat([ids, answer_ids], 1),
-           "attention_mask": torch.cat([mask, answer_mask.to(mask.device, mask.dtype)], 1)}
-    if "mm_token_type_ids" in prompt:
-        types = prompt["mm_token_type_ids"]
-        out["mm_token_type_ids"] = torch.cat([types, torch.zeros_like(answer_ids, dtype=types.dtype)], 1)
-    out.update({k: prompt[k] for k in _PASS_THROUGH if prompt.get(k) is not None})
-    return out
-
-
-def answer_logprobs(vlm: nn.Module, prompt: Mapping[str, torch.Tensor], answer_ids: torch.Tensor,
-                    answer_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-token log p(answer | prompt) by teacher forcing, ``(batch, answer_len)`` float32, 0 where masked.
-
-    Only the last ``answer_len + 1`` positions go through ``lm_head`` (``logits_to_keep``), which matters with
-    a 152k vocabulary. Gradients flow when called outside ``no_grad`` (policy updates use this).
-    """
-    inputs = teacher_forcing_inputs(prompt, answer_ids, answer_mask)
-    length = answer_ids.shape[1]
-    logits = vlm(**inputs, logits_to_keep=length + 1, use_cache=False).logits[:, :-1]
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    target = inputs["input_ids"][:, -length:]
-    picked = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-    mask = inputs["attention_mask"][:, -length:]
-    return picked * mask.to(picked.dtype)
-
-
-def generation_logprobs(output: Any) -> torch.Tensor:
-    """Log-probs of the tokens ``generate(output_logits=True, return_dict_in_generate=True)`` produced,
-    from its raw (pre-processor) logits: ``(batch, steps)`` float32. Finished rows' padding steps are
-    scored too; mask them with the eos position."""
-    if getattr(output, "logits", None) is None:
-        raise ConfigError("generate output has no logits: call generate(output_logits=True, return_dict_in_generate=True)")
-    logits = torch.stack(output.logits, dim=1).float()
-    tokens = output.sequences[:, -logits.shape[1]:]
-    return torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    return qwen_vl.build_processor(Qwen2_5_VLProcessor, tokenizer, config, chat_template=CHAT_TEMPLATE,
+                                   image_only_name="Blip3oImageProcessor", with_video=with_video)
