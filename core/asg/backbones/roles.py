@@ -85,3 +85,19 @@ class RoleAdapters:
     def named_parameters(self, role: str) -> list[tuple[str, torch.nn.Parameter]]:
         self.check_role(role)
         return list(self._params[role])
+
+
+def lora_role_adapters(root: torch.nn.Module, understanding: str, generator: str, *, seed: int,
+                       r: int = 16, alpha: int = 32, dropout: float = 0.05) -> RoleAdapters:
+    """The recipe's role adapters on a frozen ``root``: proposer and solver LoRA on the ``understanding``
+    target regex, the generator's on ``generator``; LoRA r 16, alpha 32, dropout 0.05 by default (the
+    reference's). Initialised from ``seed + 1`` without touching the global RNG; ``root`` is left in eval mode."""
+    root.requires_grad_(False)
+    kw = {"r": r, "lora_alpha": alpha, "lora_dropout": dropout}
+    und, gen = LoraConfig(target_modules=understanding, **kw), LoraConfig(target_modules=generator, **kw)
+    device = next(root.parameters()).device
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(seed + 1)
+        adapters = RoleAdapters(root, {"proposer": und, "solver": und, "generator": gen})
+    root.eval()
+    return adapters

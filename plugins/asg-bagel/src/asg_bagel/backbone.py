@@ -29,7 +29,7 @@ from torch import nn
 
 from asg.backbones.base import AdapterBackbone, check_image_prompts, sample_weights, torch_dtype
 from asg.backbones.hf import PerRowWarper, mean_pool
-from asg.backbones.roles import RoleAdapters
+from asg.backbones.roles import RoleAdapters, lora_role_adapters
 from asg.errors import CapabilityError, ConfigError, DataError
 from asg.kernels import linear_token_stats, token_stats
 from asg.protocol import Preset
@@ -135,15 +135,7 @@ class BagelBackbone(AdapterBackbone):
             self._add_adapters(seed)
 
     def _add_adapters(self, seed: int) -> None:
-        from peft import LoraConfig
-
-        self.net.requires_grad_(False)
-        kw = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05}
-        und, gen = LoraConfig(target_modules=_UND_TARGETS, **kw), LoraConfig(target_modules=_GEN_TARGETS, **kw)
-        with torch.random.fork_rng(devices=[]), torch.device(self._device()):
-            torch.manual_seed(seed + 1)
-            self.adapters = RoleAdapters(self.net, {"proposer": und, "solver": und, "generator": gen})
-        self.net.eval()
+        self.adapters = lora_role_adapters(self.net, _UND_TARGETS, _GEN_TARGETS, seed=seed)
 
     # -- construction --------------------------------------------------------------------------------
     @classmethod

@@ -28,7 +28,7 @@ from torch import nn
 
 from asg.backbones.base import AdapterBackbone, check_image_prompts, sample_weights, torch_dtype
 from asg.backbones.qwen_vl import EMBED_IMAGE_PROBE, QwenVLUnderstanding
-from asg.backbones.roles import RoleAdapters
+from asg.backbones.roles import RoleAdapters, lora_role_adapters
 from asg.errors import CapabilityError, ConfigError, DataError
 from asg.protocol import Preset
 from asg.types import ROLES, FlowTrace, GeneratedImage, LossOutput
@@ -88,16 +88,7 @@ class Blip3oBackbone(QwenVLUnderstanding, AdapterBackbone):
             self._add_adapters(seed)
 
     def _add_adapters(self, seed: int) -> None:
-        from peft import LoraConfig
-
-        self.net.requires_grad_(False)
-        kw = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05}
-        und = LoraConfig(target_modules=_LLM, **kw)
-        gen = LoraConfig(target_modules=f"({_LLM})|({_DIT})", **kw)
-        with torch.random.fork_rng(devices=[]), torch.device(self._device()):
-            torch.manual_seed(seed + 1)
-            self.adapters = RoleAdapters(self.net, {"proposer": und, "solver": und, "generator": gen})
-        self.net.eval()
+        self.adapters = lora_role_adapters(self.net, _LLM, f"({_LLM})|({_DIT})", seed=seed)
 
     # -- construction --------------------------------------------------------------------------------
     @classmethod

@@ -33,7 +33,7 @@ from torch import nn
 
 from asg.backbones.base import AdapterBackbone, check_image_prompts, torch_dtype
 from asg.backbones.qwen_vl import EMBED_IMAGE_PROBE, QwenVLUnderstanding
-from asg.backbones.roles import RoleAdapters
+from asg.backbones.roles import RoleAdapters, lora_role_adapters
 from asg.errors import CapabilityError, ConfigError, DataError
 from asg.protocol import Preset
 from asg.types import ROLES, GeneratedImage, LossOutput, TokenTrace
@@ -85,16 +85,7 @@ class VargptBackbone(QwenVLUnderstanding, AdapterBackbone):
             self._add_adapters(seed)
 
     def _add_adapters(self, seed: int) -> None:
-        from peft import LoraConfig
-
-        self.net.requires_grad_(False)
-        kw = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05}
-        und = LoraConfig(target_modules=V.LORA_TARGETS, **kw)
-        gen = LoraConfig(target_modules=f"({V.LORA_TARGETS})|({_HEAD})", **kw)
-        with torch.random.fork_rng(devices=[]), torch.device(self._device()):
-            torch.manual_seed(seed + 1)
-            self.adapters = RoleAdapters(self.net, {"proposer": und, "solver": und, "generator": gen})
-        self.net.eval()
+        self.adapters = lora_role_adapters(self.net, V.LORA_TARGETS, f"({V.LORA_TARGETS})|({_HEAD})", seed=seed)
 
     # -- construction --------------------------------------------------------------------------------
     @classmethod
