@@ -14,6 +14,12 @@ SUITES = {
     "audit": ("benchmarks.audit", "how right were the Solver's training targets: a ShapesWorld run's votes against ground truth"),
     "label_quality": ("benchmarks.label_quality", "what labels of a given accuracy teach the Solver: fine-tune on pool questions, measure VQA"),
     "shapes": ("benchmarks.shapes", "self-evolution of tiny on ShapesWorld: base vs evolved, full recipe and ablations"),
+    "geneval": ("benchmarks.geneval", "GenEval with the official evaluator: write samples, run evaluate_images.py in its own env, score"),
+    "geneval_mini": ("benchmarks.geneval_mini", "GenEval-mini on ShapesWorld for any backbone (CPU, exact checker)"),
+    "understanding": ("benchmarks.understanding", "understanding benchmarks through lmms-eval: MMMU, MMBench, TextVQA, SEED, RealWorldQA, MM-Vet, MME-P/C"),
+    "text": ("benchmarks.text", "lm-eval tasks (MMMU, text tasks that catch a loss of language ability) through asg.harness.lm"),
+    "soak": ("benchmarks.soak", "a long tiny run with memory sampled: resident-set growth, rolling windows vs their caps"),
+    "report": ("benchmarks.report", "published base / self-evolved numbers beside ours, per backbone, with flags and plots"),
 }
 
 

@@ -1,7 +1,7 @@
 """How much can self-consistency teach a backbone? Greedy vs. majority-of-N accuracy on held-out ShapesWorld.
 
     python -m benchmarks consistency                      # the shipped tiny base, val split, 300 questions
-    python -m benchmarks consistency --adapters runs/x    # an evolved model (run or checkpoint directory)
+    python -m benchmarks consistency --run runs/x         # an evolved model (run or checkpoint directory; alias --adapters)
     python -m benchmarks consistency --n 11 --split test
 
 The Solver's training signal in a U-step is agreement with the majority of its N answers under
@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.questions < 1 or args.n < 2 or args.batch < 1:
         raise SystemExit(f"--questions and --batch must be >= 1 and --n >= 2, got {args.questions}, {args.batch}, {args.n}")
     if args.adapters is not None and not Path(args.adapters).exists():
-        raise SystemExit(f"--adapters: {args.adapters} does not exist")
+        raise SystemExit(f"--run: {args.adapters} does not exist")
     result = measure(args)
     out = Path(args.out) if args.out else RESULTS / ("consistency.json" if args.split == "test" else f"consistency-{args.split}.json")
     meta = result["_meta"]
@@ -147,7 +147,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--backbone", default="tiny", help="backbone plugin name (default tiny)")
     p.add_argument("--preset", default=None, help="backbone preset")
     p.add_argument("--model", default=None, help="local checkpoint path for the backbone")
-    p.add_argument("--adapters", type=Path, default=None, help="trained adapters: .safetensors or a run/checkpoint directory")
+    p.add_argument("--run", "--adapters", dest="adapters", type=Path, default=None,
+                   help="measure a self-evolved model: its run/checkpoint directory or adapters .safetensors")
     p.add_argument("--split", choices=("val", "test"), default="val", help="held-out split (default val)")
     p.add_argument("--seed", type=int, default=0, help="evaluation seed (default 0)")
     p.add_argument("--questions", type=int, default=300, help="held-out questions (default 300)")

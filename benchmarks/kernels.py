@@ -45,6 +45,7 @@ from typing import Any
 import torch
 
 from benchmarks._results import write_result
+from benchmarks._runner import device_description, finish_meta, new_meta, package_versions
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
@@ -258,7 +259,28 @@ def table(rows: list[dict[str, Any]], peak_bw: float | None) -> str:
     return "\n".join(out)
 
 
+def head_shape(backbone: str, preset: str | None = None, model: Path | None = None) -> tuple[int, int]:
+    """(vocabulary, hidden) of a backbone's language-model head, from its architecture on the meta device
+    (no weights are read or allocated)."""
+    from asg.plugins import get_backbone_class
+
+    b = get_backbone_class(backbone).load(preset=preset, model=model, device="meta", weights=False)
+    heads = [m for name, m in b.root_module().named_modules() if name.endswith("lm_head") and hasattr(m, "weight")]
+    if not heads:
+        raise SystemExit(f"kernels: backbone {backbone!r} has no module named *lm_head; pass --vocab and --hidden")
+    vocab, hidden = heads[0].weight.shape
+    return int(vocab), int(hidden)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.report:
+        out = Path(args.out) if args.out else RESULTS / f"kernels-{args.device if args.device != 'auto' else 'cpu'}.json"
+        if not out.is_file():
+            raise SystemExit(f"kernels --report: no saved result at {out}; run the suite first")
+        report = json.loads(out.read_text())
+        write_result(out, report, render(report))
+        print(render(report))
+        return report
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device == "cuda"
     if args.quick:
@@ -266,6 +288,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         tokens = [1024, 4096, 16384] if gpu else [256, 1024]
         vocab, hidden, repeat = [32768, 152064], (3584 if gpu else 896), (10 if gpu else 3)
+    if args.backbone:
+        head_vocab, head_hidden = head_shape(args.backbone, args.preset, args.model)
+        vocab, hidden = [head_vocab], head_hidden
+        print(f"# {args.backbone}'s LM head: vocabulary {head_vocab}, hidden {head_hidden}", flush=True)
     tokens = args.tokens or tokens
     vocab = args.vocab or vocab
     hidden = args.hidden or hidden
@@ -273,6 +299,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     use_compile = args.compile if args.compile is not None else gpu
     ops = args.ops or list(OPS)
     info = machine(device)
+    meta = new_meta("kernels", None, harness="asg kernels benchmark", harness_version=package_versions(["asg-core"])["asg-core"],
+                    task_variant=", ".join(ops), prompt_set=None, judge=None, seeds=[], device=device_description(device),
+                    backbone={"name": args.backbone, "preset": args.preset, "model": str(args.model) if args.model else None,
+                              "run": None, "stage": "base"} if args.backbone else None)
     print(f"# asg kernel benchmark on {info.get('gpu') or info['cpu']} ({device}), {args.dtype}", flush=True)
     rows: list[dict[str, Any]] = []
     for op in ops:
@@ -297,14 +327,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     print(f"  {op:>18} {T:>6} x {V:<6} {impl:<11} {msg}", flush=True)
     peak_bw = (info.get("peak_bandwidth_tb_s") or 0) * 1e12 or None
     report = {"suite": "kernels", "machine": info, "dtype": args.dtype, "repeat": repeat, "results": rows,
-              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    text = table(rows, peak_bw)
+              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "_meta": meta}
+    finish_meta(meta)
+    text = render(report)
     print()
-    print(text)
+    print(table(rows, peak_bw))
     out = Path(args.out) if args.out else RESULTS / f"kernels-{device}.json"
-    write_result(out, report, f"# kernels on {info.get('gpu') or info['cpu']} ({device}, {args.dtype})\n\n{text}")
+    write_result(out, report, text)
     print(f"\nwrote {out} and {out.with_suffix('.md')}")
     return report
+
+
+def render(report: dict[str, Any]) -> str:
+    """The markdown page of a saved result (title, command, table, provenance)."""
+    from benchmarks._runner import provenance_line
+
+    info = report["machine"]
+    peak_bw = (info.get("peak_bandwidth_tb_s") or 0) * 1e12 or None
+    device = "cuda" if info.get("gpu") else "cpu"
+    parts = [f"# kernels on {info.get('gpu') or info['cpu']} ({device}, {report['dtype']})"]
+    meta = report.get("_meta")
+    if meta:
+        parts.append(f"`{meta['command']}`")
+    parts.append(table(report["results"], peak_bw))
+    if meta:
+        parts.append(provenance_line(meta))
+    return "\n\n".join(parts)
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -319,7 +367,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="include torch.compile of the eager formulae (default: on for GPU, off for CPU)")
     p.add_argument("--quick", action="store_true", help="small shapes: an end-to-end check in about a minute")
+    p.add_argument("--backbone", help="size the vocabulary and hidden width from this backbone's LM head "
+                                      "(architecture only, nothing loaded), e.g. bagel: 152064 x 3584")
+    p.add_argument("--preset", help="preset of --backbone")
+    p.add_argument("--model", type=Path, help="local checkpoint directory of --backbone (its config only)")
     p.add_argument("--out", help="result file (default benchmarks/results/kernels-<device>.json)")
+    p.add_argument("--report", action="store_true", help="re-render the markdown page from the saved result only")
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p
 

@@ -38,7 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._results import command_line, write_result
+from benchmarks._results import write_result
+from benchmarks._runner import add_backbone_args, default_device, finish_meta, load_backbone, new_meta, package_versions
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
@@ -86,12 +87,11 @@ def _metrics(summary: dict[str, Any], results: Path | None = None) -> dict[str, 
 
 
 def _evaluate_base(args: argparse.Namespace, seed: int, out: Path) -> dict[str, float]:
-    from asg.backbones.tiny.model import TinyBackbone
     from asg.train.cli import _evaluate
 
     ns = argparse.Namespace(eval_questions=args.questions, eval_per_tag=args.per_tag, eval_seed=seed,
                             eval_split=args.split)
-    return _metrics(_evaluate(TinyBackbone.load(model=args.model), ns, out), out / "results.json")
+    return _metrics(_evaluate(load_backbone(args), ns, out), out / "results.json")
 
 
 def _run_variant(args: argparse.Namespace, seed: int, variant: str, pool: Path, out: Path) -> dict[str, float]:
@@ -99,7 +99,8 @@ def _run_variant(args: argparse.Namespace, seed: int, variant: str, pool: Path, 
 
     overrides, _ = VARIANTS[variant]
     ns = argparse.Namespace(
-        backbone="tiny", preset=None, model=args.model, device="cpu", adapters=None, images=pool, recipe="demo",
+        backbone=args.backbone, preset=args.preset, model=args.model, device=default_device(args),
+        dtype=args.dtype, adapters=None, images=pool, recipe="demo",
         set=[f"seed={seed}", *overrides, *(args.set or [])], steps=args.steps, out=out, resume=None, eval="shapes",
         eval_questions=args.questions, eval_per_tag=args.per_tag, eval_seed=seed, eval_split=args.split,
         eval_before=False,
@@ -144,15 +145,20 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
                 per.setdefault(metric, {"base": [], "evolved": []})
                 per[metric]["base"].append(base.get(metric, float("nan")))
                 per[metric]["evolved"].append(value)
-    results["_meta"] = {  # type: ignore[assignment]
-        "command": command_line("shapes"),
-        "seeds": args.seeds, "variants": list(args.variants), "split": args.split, "steps": args.steps,
+    results["_meta"] = new_meta(  # type: ignore[assignment]
+        "shapes", args, harness="asg ShapesWorld (held-out VQA + GenEval-mini)",
+        harness_version=package_versions(["asg-core"])["asg-core"], task_variant=f"ShapesWorld {args.split} split",
+        prompt_set=f"{args.questions} VQA questions, {args.per_tag} GenEval-mini prompts per category",
+        judge="ShapesWorld ground truth and detector", seeds=list(range(args.seeds)))
+    results["_meta"].update({  # type: ignore[union-attr]
+        "n_seeds": args.seeds, "variants": list(args.variants), "split": args.split, "steps": args.steps,
         "images": args.images, "questions": args.questions, "per_tag": args.per_tag,
-        "model": str(args.model) if args.model else "shipped tiny base",
+        "model": str(args.model) if args.model else f"{args.backbone} {args.preset or 'default preset'}",
         "seconds_this_invocation": round(time.time() - t0, 1),
         "machine": f"{platform.processor() or platform.machine()}, {_threads()} threads, Python {platform.python_version()}",
         "descriptions": {v: VARIANTS[v][1] for v in args.variants},
-    }
+    })
+    finish_meta(results["_meta"])  # type: ignore[arg-type]
     return results
 
 
@@ -252,6 +258,9 @@ def write(results: dict[str, Any], out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if getattr(args, "run", None) is not None:
+        raise SystemExit("shapes: --run does not apply here: the suite evolves the base itself. To measure an "
+                         "existing run on ShapesWorld use `python -m benchmarks geneval_mini --run RUN` or `asg eval`.")
     out = _paths(args)
     if args.report:
         if not out.is_file():
@@ -274,8 +283,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--questions", type=int, default=d["questions"], help="VQA questions per evaluation")
     p.add_argument("--per-tag", type=int, default=d["per_tag"], help="GenEval-mini prompts per category")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra recipe override for every variant")
-    p.add_argument("--model", type=Path, default=None,
-                   help="a tiny directory written by `asg tiny pretrain` to start from (default: the shipped base)")
+    add_backbone_args(p)  # --model: e.g. a tiny directory written by `asg tiny pretrain` (default: shipped base)
     p.add_argument("--work", default="runs/benchmarks/shapes", help="run directories and per-run results (resumable)")
     p.add_argument("--out", help="result file (default benchmarks/results/shapes[-val].json)")
     p.add_argument("--report", action="store_true", help="re-render table and plot from the saved results only")

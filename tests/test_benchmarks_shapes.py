@@ -81,7 +81,12 @@ def test_shapes_suite_starts_from_a_given_model(tmp_path: Path) -> None:
     proc = _suite("--seeds", "1", "--variants", "e3", "--steps", "1", "--images", "4", "--questions", "5",
                   "--per-tag", "1", "--split", "val", "--model", str(model), "--work", str(work), "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(out.read_text())["_meta"]["model"] == str(model)
+    meta = json.loads(out.read_text())["_meta"]
+    assert meta["model"] == str(model)
+    # the runner's provenance, as every suite records it (benchmarks/_runner.py)
+    assert meta["suite"] == "shapes" and meta["backbone"] == {"name": "tiny", "preset": None, "model": str(model),
+                                                               "run": None, "stage": "base"}
+    assert meta["seeds"] == [0] and meta["packages"]["torch"] and meta["seconds"] >= 0
     assert json.loads((work / "seed0" / "run-e3" / "config.json").read_text())["model"] == str(model)
     # randomly initialised: no answer is in the answer format, so not one of the 5 questions is right
     assert json.loads((work / "seed0" / "base.json").read_text())["vqa_accuracy"] == 0.0

@@ -12,7 +12,10 @@ class _Bar:
     def __init__(self, bar: Any) -> None:
         self._bar = bar
 
-    def update_to(self, n: int) -> None:
+    def update_to(self, n: int, total: int | None = None) -> None:
+        """Move to ``n`` done (of ``total``, when the total is known only once work starts)."""
+        if total is not None and self._bar.total != total:
+            self._bar.total = total
         self._bar.update(n - self._bar.n)
 
     def update(self, n: int = 1) -> None:
