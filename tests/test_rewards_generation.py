@@ -43,6 +43,15 @@ def test_qa_fidelity_with_the_reference_codes_agreement_term() -> None:
     assert out.values[0] == pytest.approx(2.15 / 3)
 
 
+@pytest.mark.parametrize("match", ["exact", "soft"])
+def test_unreadable_reference_answers_never_match(match: str) -> None:
+    """Reference "ood" (an answer of no question type) and "" verify nothing, even when the candidate's
+    answers are unreadable the same way: (0 + 0 + 1) / 3 with only "yes" = "yes" counting."""
+    out = qa_fidelity([[["ood", "ood"], ["", ""], ["yes", "yes"]]], ["ood", "", "yes"], FidelityConfig(match=match))
+    assert out.values[0] == pytest.approx(1 / 3)
+    assert out.diagnostics[0]["qa_fidelity.match"] == pytest.approx(1 / 3)
+
+
 def test_qa_fidelity_without_questions_is_neutral() -> None:
     """A spec without QA pairs scores 0.5 per candidate."""
     assert qa_fidelity([[], []], []).values == (0.5, 0.5)

@@ -6,6 +6,7 @@ import torch).
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -41,7 +42,7 @@ def number(
         if isinstance(value, bool) or not ok_type:
             raise TypeError(f"{_where(inst, attr)} must be {kind} in {interval}, got {_fmt(value)} ({type(value).__name__})")
         if not math.isfinite(value):
-            raise ValueError(f"{_where(inst, attr)} must be finite, got {value!r}")
+            raise ValueError(f"{_where(inst, attr)} must be finite ({kind} in {interval}), got {value!r}")
         bad = (
             (lo is not None and (value < lo or (lo_open and value == lo)))
             or (hi is not None and (value > hi or (hi_open and value == hi)))
@@ -71,6 +72,28 @@ def string(*, nonempty: bool = False) -> Callable[[Any, attrs.Attribute, Any], N
             raise ValueError(f"{_where(inst, attr)} must be a non-empty string, got {value!r}")
 
     return check
+
+
+def boolean() -> Callable[[Any, attrs.Attribute, Any], None]:
+    """A real ``bool``: ``1`` or ``"yes"`` in a recipe is a typo, not a switch."""
+
+    def check(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"{_where(inst, attr)} must be a bool (true or false), got {_fmt(value)} ({type(value).__name__})")
+
+    return check
+
+
+def closest(word: str, choices: Iterable[str]) -> str | None:
+    """The choice nearest to ``word`` (difflib), or None when none is near."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """``"; did you mean 'solver'?"`` for the choice nearest to ``word``, or ``""``."""
+    near = closest(word, choices)
+    return f"; did you mean {near!r}?" if near else ""
 
 
 def tensor(

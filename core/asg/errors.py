@@ -11,8 +11,25 @@ class ConfigError(AsgError, ValueError):
     """A configuration value, argument or combination is invalid."""
 
 
+class ConfigFieldError(ConfigError):
+    """A recipe field is unknown, of the wrong type, out of range or inconsistent with another field.
+
+    The message starts with ``path``, the field's dotted path (``solver.sample.n``)."""
+
+    path: str = ""
+
+
 class PluginError(AsgError):
     """A plugin failed to import, to register, or registered something invalid."""
+
+
+class BackboneError(PluginError):
+    """A backbone primitive raised something other than an asg error (chained as ``__cause__``);
+    ``backbone``, ``plugin`` and ``primitive`` say whose code failed where (``asg.plugins.guard_backbone``)."""
+
+    backbone: str = ""
+    plugin: str = ""
+    primitive: str = ""
 
 
 class DuplicateNameError(PluginError):

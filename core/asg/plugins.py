@@ -10,23 +10,31 @@ Environment:
     ASG_STRICT_PLUGINS=1   any plugin error (import, hook, duplicate name) is fatal
 
 Nothing here imports torch: backbones are registered as lazy ``"module:attr"`` strings.
+
+At run time :func:`guard_backbone` attributes what a backbone's primitives raise: anything but asg's own
+errors becomes a ``BackboneError`` naming the backbone, its plugin and the primitive.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata as md
+import inspect
 import os
 import re
 import traceback
-from collections.abc import Iterable
-from typing import Any
+import weakref
+from collections.abc import Iterable, Iterator
+from types import TracebackType
+from typing import Any, NoReturn
 
 import attrs
 import pluggy
 
 from asg import hookspecs
-from asg.errors import DuplicateNameError, PluginError, UnknownNameError
+from asg._validate import did_you_mean
+from asg.errors import AsgError, BackboneError, DuplicateNameError, PluginError, UnknownNameError
 
 ENTRY_POINT_GROUP = "asg"
 # Built-in plugins, registered after third-party ones exactly like them (llm's DEFAULT_PLUGINS).
@@ -256,6 +264,12 @@ class PluginHost:
             return f"plugin {plugin_name!r}"
         return f"plugin {plugin_name!r} ({rec.distribution} {rec.version})"
 
+    def describe_provider(self, kind: str, name: str) -> str:
+        """``"plugin 'p' (dist 1.0)"``: who registered ``name`` (the first registrant of a duplicate)."""
+        self.load()
+        reg = self.registries[kind].get(name)
+        return self._describe(reg.provider) if reg is not None else "an unregistered plugin"
+
     # -- lookup ----------------------------------------------------------------------------------
     def get(self, kind: str, name: str) -> Registration:
         """The registration of ``name``; errors list the valid names or both conflicting providers."""
@@ -269,9 +283,10 @@ class PluginHost:
             return self.registries[kind][name]
         except KeyError:
             valid = ", ".join(sorted(self.registries[kind])) or "none installed"
-            failed = [r.name for r in self.records.values() if r.error]
+            failed = [f"{r.name} ({r.error_phase}: {r.error})" for r in self.records.values() if r.error]
             hint = f"; plugins that failed to load: {', '.join(failed)} (see `asg plugins`)" if failed else ""
-            raise UnknownNameError(f"unknown {_SINGULAR[kind]} {name!r}; valid choices: {valid}{hint}") from None
+            near = did_you_mean(name, self.registries[kind])
+            raise UnknownNameError(f"unknown {_SINGULAR[kind]} {name!r}; valid choices: {valid}{near}{hint}") from None
 
     def names(self, kind: str) -> list[str]:
         self.load()
@@ -314,15 +329,129 @@ def registered(kind: str) -> list[str]:
     return get_host().names(kind)
 
 
+# -- attributing what a backbone raises ----------------------------------------------------------------
+# The primitives of asg.protocol.Backbone. guard_backbone re-raises anything but asg's own errors that
+# escapes one of them as a BackboneError naming the backbone, its plugin and the primitive.
+PRIMITIVES: tuple[str, ...] = (
+    "use_role", "trainable_parameters", "generate_text", "score", "generate_images", "generator_loss",
+    "image_token_logprobs", "embed_text", "embed_image", "trainable_state_dict", "load_trainable_state_dict",
+    "save_trainable", "load_trainable", "components", "root_module",
+)
+# running out of memory is the machine's limit, not a plugin's bug, and asg.oom retries it with smaller
+# batches: the same test as asg.oom.is_oom (torch's OutOfMemoryError, or a RuntimeError saying so), by name
+_NOT_A_PLUGIN_BUG = ("MemoryError", "OutOfMemoryError")
+
+
+def _out_of_memory(exc: Exception) -> bool:
+    return (any(c.__name__ in _NOT_A_PLUGIN_BUG for c in type(exc).__mro__)
+            or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()))
+
+
+def _reraise(exc: Exception, backbone: str, plugin: str, primitive: str) -> NoReturn:
+    if isinstance(exc, AsgError) or _out_of_memory(exc):
+        raise exc
+    err = BackboneError(f"backbone {backbone!r} from {plugin} raised in {primitive}: {type(exc).__name__}: {exc}")
+    err.backbone, err.plugin, err.primitive = backbone, plugin, primitive
+    raise err from exc
+
+
+@contextlib.contextmanager
+def attributed(backbone: str, primitive: str) -> Iterator[None]:
+    """Run a call of backbone ``backbone``'s plugin code (e.g. its ``load``) under :func:`guard_backbone`'s rule."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - re-raised, attributed
+        _reraise(exc, backbone, get_host().describe_provider("backbones", backbone), primitive)
+
+
+class _GuardedContext:
+    """``use_role``'s context manager: failures entering or leaving are attributed, the body's are not."""
+
+    def __init__(self, cm: Any, where: tuple[str, str, str]) -> None:
+        self._cm, self._where = cm, where
+
+    def __enter__(self) -> Any:
+        try:
+            return self._cm.__enter__()
+        except Exception as exc:  # noqa: BLE001
+            _reraise(exc, *self._where)
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> Any:
+        try:
+            return self._cm.__exit__(et, ev, tb)
+        except Exception as exc:  # noqa: BLE001
+            if exc is ev:
+                raise
+            _reraise(exc, *self._where)
+
+
+def _guard(target: Any, owner: Any, where: tuple[str, str, str]) -> Any:
+    get: Any = lambda: target
+    if inspect.ismethod(target) and target.__self__ is owner:
+        try:  # a weak reference, so that the wrapper stored on the instance keeps no cycle alive
+            get = weakref.WeakMethod(target)
+        except TypeError:  # the class takes no weak references
+            pass
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            result = get()(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            _reraise(exc, *where)
+        if where[2] == "use_role" and hasattr(result, "__exit__"):
+            return _GuardedContext(result, where)
+        return result
+
+    call.__name__ = call.__qualname__ = where[2]
+    call.__doc__ = getattr(target, "__doc__", None)
+    return call
+
+
+class _GuardedProxy:
+    """For a backbone that takes no instance attributes (``__slots__``): everything else is forwarded."""
+
+    def __init__(self, inner: Any, wrapped: dict[str, Any]) -> None:
+        object.__setattr__(self, "_inner", inner)
+        object.__setattr__(self, "_wrapped", wrapped)
+
+    def __getattr__(self, name: str) -> Any:
+        return self._wrapped[name] if name in self._wrapped else getattr(self._inner, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._inner, name, value)
+
+
+def guard_backbone(backbone: Any, name: str | None = None) -> Any:
+    """``backbone`` with its protocol primitives attributed: an exception other than asg's own (and out
+    of memory) escaping one becomes a :class:`BackboneError` "backbone 'x' from plugin 'p' (dist 1.0)
+    raised in generate_text: ValueError: ...", the original chained. The wrappers are set on the instance,
+    so ``isinstance`` and every other attribute are untouched; guarding twice changes nothing."""
+    if getattr(backbone, "__dict__", {}).get("_asg_guarded"):
+        return backbone
+    name = name or str(getattr(backbone, "name", type(backbone).__name__))
+    where = (name, get_host().describe_provider("backbones", name))
+    wrapped = {p: _guard(t, backbone, (*where, p)) for p in PRIMITIVES if callable(t := getattr(backbone, p, None))}
+    try:
+        for primitive, call in wrapped.items():
+            object.__setattr__(backbone, primitive, call)
+        object.__setattr__(backbone, "_asg_guarded", True)
+    except (AttributeError, TypeError):
+        return _GuardedProxy(backbone, wrapped)
+    return backbone
+
+
 __all__: list[str] = [
     "DEFAULT_PLUGINS",
     "ENTRY_POINT_GROUP",
     "KINDS",
+    "PRIMITIVES",
     "PluginHost",
     "PluginRecord",
     "Registration",
+    "attributed",
     "get_backbone_class",
     "get_host",
+    "guard_backbone",
     "registered",
     "reset_host",
 ]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -34,8 +35,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except AsgError as exc:
-        print(f"asg {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        # an error: 2; a run stopped by SIGINT/SIGTERM (asg.train.trainer.TrainingStopped): 128 + the signal
+        code = getattr(exc, "exit_code", 2)
+        code = code if isinstance(code, int) and not isinstance(code, bool) else 2
+        print(f"asg {args.command}: {'error: ' if code == 2 else ''}{exc}", file=sys.stderr)
+        if os.environ.get("ASG_DEBUG"):  # the traceback, for bug reports
+            import traceback
+
+            traceback.print_exc()
+        return code
     except KeyboardInterrupt:
         print(f"asg {args.command}: interrupted", file=sys.stderr)
         return 130

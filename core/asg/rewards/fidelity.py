@@ -9,7 +9,9 @@ agreement f_j). Then, per candidate image,
 
 with match = 1[â_j = a_ref,j] (paper) or the graded ``soft`` match of §6.3 (1.0 equal, numbers by
 relative error 1.0/0.7/0.4 within 1/5/20 %, 0.8 substring either way, else word Jaccard), and
-a = 0 (paper; the reference code used 0.3).
+a = 0 (paper; the reference code used 0.3). A reference answer that is unreadable (empty, or the
+``ood`` label of an answer that fits no question type) matches nothing: two garbage answers agreeing
+must not earn fidelity.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import attrs
 
 from asg._validate import number, one_of
 from asg.rewards.components import RewardOutput
-from asg.roles.answers import NO_WORDS, NUMBER_WORDS, YES_WORDS
+from asg.roles.answers import NO_WORDS, NUMBER_WORDS, OOD, YES_WORDS
 from asg.roles.answers import normalize as normalize_answer
 
 MATCHES: tuple[str, ...] = ("exact", "soft")
@@ -120,7 +122,10 @@ def qa_fidelity(
         for j, answers in enumerate(cand):
             top, frac = _majority(answers, f"generated[{l}][{j}]")
             ref = normalize(reference[j])
-            m = float(top == ref) if config.match == "exact" else soft_match(top, ref)
+            if ref in ("", OOD):  # no readable reference answer: nothing to verify, never a match
+                m = 0.0
+            else:
+                m = float(top == ref) if config.match == "exact" else soft_match(top, ref)
             scores.append((1.0 - config.agreement_weight) * m + config.agreement_weight * frac)
             matches.append(m)
             agree.append(frac)

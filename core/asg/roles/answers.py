@@ -190,6 +190,12 @@ class ParsedAnswer:
     def text(self) -> str:
         return self.extraction.text
 
+    @property
+    def malformed(self) -> bool:
+        """No complete answer tag, or nothing inside it: counted per step (``malformed.solver``) and
+        penalised as non-canonical and/or low-information (§3.7)."""
+        return self.extraction.source != "tag" or not self.extraction.text
+
 
 def is_low_info(answer: str, label: str, qtype: str) -> bool:
     """Whether an answer is uninformative for its question type (§3.5 flag)."""

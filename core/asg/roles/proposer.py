@@ -22,7 +22,10 @@ from asg.roles.templates import RoleTemplates
 from asg.types import Completion, Prompt, SamplingParams
 
 PARSE_SOURCES: tuple[str, ...] = ("blocks", "question_tags", "question_marks", "first_line", "fallback")
-_TAG = re.compile(r"</?[A-Za-z_][^<>]*>")
+MALFORMED_SOURCES: tuple[str, ...] = ("first_line", "fallback")  # no question found: neither tags nor "?"
+# tags, and chat special tokens written out as text ("<|im_end|>", "<|image_pad|>"): a question that
+# kept one would be re-tokenised into a special token inside the next prompt
+_TAG = re.compile(r"</?[A-Za-z_][^<>]*>|<\|[^<>]*?\|>")
 _SENTENCE_Q = re.compile(r"[^?.!\n]*\?")
 _STARTS = "|".join(sorted(WH_WORDS | AUXILIARIES))
 _QUESTION = re.compile(rf"\b(?:{_STARTS})\b[^?.!\n]*\?", re.IGNORECASE)
@@ -87,6 +90,12 @@ class ProposalParse:
     @property
     def fallback(self) -> bool:
         return self.source == "fallback"
+
+    @property
+    def malformed(self) -> bool:
+        """The output held no question (only a first line or the fixed fallback was left): counted per
+        step as ``malformed.proposer``; its candidates fail the certificate (§3.3)."""
+        return self.source in MALFORMED_SOURCES
 
 
 def _field(block: str, tags: tuple[str, str]) -> tuple[str, bool]:
@@ -285,6 +294,6 @@ class Proposer:
 
 
 __all__ = [
-    "PARSE_SOURCES", "Candidate", "ProposalParse", "Proposal", "Proposer", "ProposerConfig", "SpecProposal",
+    "MALFORMED_SOURCES", "PARSE_SOURCES", "Candidate", "ProposalParse", "Proposal", "Proposer", "ProposerConfig", "SpecProposal",
     "parse_candidates",
 ]

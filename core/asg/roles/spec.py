@@ -19,7 +19,7 @@ SPEC_SOURCES: tuple[str, ...] = ("qa_blocks", "qa_tags", "qa_lines", "none")
 MAX_QUESTION_WORDS = 24
 MAX_EXPECTED_WORDS = 8
 MAX_PROMPT_WORDS = 96
-_TAG = re.compile(r"</?[A-Za-z_][^<>]*>")
+_TAG = re.compile(r"</?[A-Za-z_][^<>]*>|<\|[^<>]*?\|>")  # tags and written-out chat special tokens
 _QA_LINES = re.compile(r"(?im)^\s*Q\s*[:.)]\s*(.+?)\s*$\s*^\s*A\s*[:.)]\s*(.+?)\s*$")
 _INSTRUCTION_PREFIX = re.compile(
     r"^\s*(prompt\s*:|generate an? (image|picture|photo) (of|showing|with)|create an? (image|picture|photo) "
@@ -48,6 +48,11 @@ class Spec:
     source: str = attrs.field(validator=attrs.validators.in_(SPEC_SOURCES))  # where the QA pairs came from
     fallback_prompt: bool  # the prompt was missing or unusable and was replaced
     diagnostics: dict[str, float]  # n_raw, n_kept, unique fraction, dropped counts
+
+    @property
+    def malformed(self) -> bool:
+        """The output had no usable prompt or no QA pair at all (counted per G-step as ``malformed.proposer``)."""
+        return self.fallback_prompt or self.source == "none"
 
 
 def _clean(text: str) -> str:

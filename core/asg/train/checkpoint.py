@@ -5,9 +5,18 @@
       latest.txt                                    # name of the last checkpoint written
 
 A save writes ``step_000050.tmp/`` (tensors, state, each fsynced, ``SAVE_OK`` last), then renames it
-into place, so a crash at any moment leaves either no ``step_000050`` or a complete one. Loading
+into place, points ``latest.txt`` at it, and only then removes checkpoints beyond ``keep_last`` (each is
+first renamed to ``*.deleting``, so a half-deleted one is never taken for a checkpoint). A crash at any
+moment therefore leaves either no ``step_000050`` or a complete one, and the previous checkpoint intact;
+the next save (or a resume) removes what an interrupted save left. A save that fails with an OS error
+(a full disk, a read-only directory) removes its partial ``.tmp`` directory and raises a
+:class:`~asg.train.run.RunWriteError` naming the file and the checkpoint that is still intact. Loading
 refuses a directory without ``SAVE_OK``. Tensors are stored with safetensors only, never pickle;
 :mod:`asg.train.flat` turns optimizer and RNG states into tensors + JSON.
+
+``ASG_FAULT_INJECT`` (tests only) names points at which the process SIGKILLs itself, e.g.
+``save:before_rename@4`` (inside the save of step 4) or ``step:5`` (after step 5 is logged); see
+:func:`fault_point`.
 """
 
 from __future__ import annotations
@@ -16,6 +25,8 @@ import json
 import os
 import re
 import shutil
+import signal
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -27,11 +38,11 @@ from asg.errors import ConfigError, DataError
 from asg.train.flat import (  # noqa: F401  (re-exported: the trainer imports the whole checkpoint API from here)
     flatten_tree, merge_flat, optimizer_from_flat, optimizer_to_flat, rng_state, set_rng_state, unflatten_tree,
 )
-from asg.train.run import RunDir, _fsync_dir, atomic_write_text, now_iso, step_name
+from asg.train.run import RunDir, RunWriteError, _fsync_dir, atomic_write_text, now_iso, step_name, write_failed
 
 __all__ = [
-    "SAVE_OK", "CheckpointError", "CheckpointInfo", "Loaded", "find_checkpoint", "latest_checkpoint",
-    "list_checkpoints", "load_checkpoint", "save_checkpoint",
+    "FAULT_ENV", "SAVE_OK", "CheckpointError", "CheckpointInfo", "Loaded", "fault_point", "find_checkpoint",
+    "latest_checkpoint", "list_checkpoints", "load_checkpoint", "recover_interrupted_save", "save_checkpoint",
     # from asg.train.flat
     "flatten_tree", "merge_flat", "optimizer_from_flat", "optimizer_to_flat", "rng_state", "set_rng_state",
     "unflatten_tree",
@@ -43,6 +54,27 @@ STATE = "state.json"
 LATEST = "latest.txt"
 FORMAT = "asg-checkpoint/1"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+FAULT_ENV = "ASG_FAULT_INJECT"
+FAULT_POINTS = ("save:start", "save:after_tensors", "save:after_state", "save:before_rename", "save:after_move_aside",
+                "save:after_rename", "save:before_rotate", "save:during_rotate", "step:N")
+
+
+def fault_point(name: str, step: int | None = None) -> None:
+    """Fault injection for tests: SIGKILL this process here when ``ASG_FAULT_INJECT`` (comma-separated) lists
+    ``name`` or ``name@STEP``. Points: :data:`FAULT_POINTS` (``step:5`` = right after step 5 is logged).
+    Unset, this is one environment lookup."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    wanted = {item.strip() for item in spec.split(",")}
+    if name in wanted or (step is not None and f"{name}@{step}" in wanted):
+        where = name if step is None else f"{name}@{step}"
+        try:
+            os.write(2, f"asg: {FAULT_ENV}: killing process {os.getpid()} at {where}\n".encode())
+        except OSError:
+            pass
+        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+        os._exit(137)  # pragma: no cover  (where SIGKILL is not immediate)
 
 
 class CheckpointError(DataError):
@@ -85,6 +117,22 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
+def _write_tensors(tensors: Mapping[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """``path`` as safetensors, fsynced."""
+    from safetensors.torch import save_file
+
+    save_file(dict(tensors), str(path), metadata=metadata)
+    _fsync_file(path)
+
+
+def _write_text(path: Path, text: str) -> None:
+    """``path`` holding ``text``, fsynced."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def _plain_state(value: Any, where: str) -> Any:
     """``value`` checked to be JSON that reads back equal (str keys, no tensors); numpy scalars unwrapped."""
     if isinstance(value, dict):
@@ -106,8 +154,9 @@ def _plain_state(value: Any, where: str) -> Any:
 
 
 def _cleanup(root: Path) -> None:
-    """Remove what an interrupted save left: ``*.tmp`` dirs, and ``*.replaced`` ones whose successor exists
-    (if a crash came between moving the old checkpoint aside and renaming the new one in, the old returns)."""
+    """Remove what an interrupted save left: ``*.tmp`` and ``*.deleting`` dirs, a stray ``.latest.txt.*.tmp``,
+    and ``*.replaced`` dirs whose successor exists (if a crash came between moving the old checkpoint aside
+    and renaming the new one in, the old returns)."""
     for entry in list(root.iterdir()):
         if entry.name.endswith(".replaced") and entry.is_dir():
             final = root / entry.name[: -len(".replaced")]
@@ -116,8 +165,36 @@ def _cleanup(root: Path) -> None:
             else:
                 entry.rename(final)
     for entry in list(root.iterdir()):
-        if entry.name.endswith(".tmp") and entry.is_dir():
+        if entry.name.endswith((".tmp", ".deleting")) and entry.is_dir():
             shutil.rmtree(entry)
+        elif entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.is_file():
+            entry.unlink()
+
+
+def recover_interrupted_save(run_dir: RunDir | str | os.PathLike[str]) -> None:
+    """Tidy ``checkpoints/`` after a crash (what the next save would do): drop partial ``.tmp`` dirs and put
+    back a checkpoint a crash left moved aside. A resume calls this before it picks its checkpoint."""
+    root = _root(run_dir)
+    if root.is_dir():
+        _cleanup(root)
+
+
+def _rotate(run_dir: RunDir | str | os.PathLike[str], keep_last: int, final: Path, step: int) -> None:
+    """Remove complete checkpoints beyond the newest ``keep_last`` (never ``final``). Each is renamed to
+    ``*.deleting`` before it is deleted, so a crash cannot leave a half-deleted directory that still looks
+    complete. A failure here only warns: the new checkpoint is written and the run can go on."""
+    complete = [c for c in list_checkpoints(run_dir) if c.complete]
+    for c in complete[:-keep_last]:
+        if c.path == final:
+            continue
+        doomed = c.path.with_name(c.path.name + ".deleting")
+        try:
+            c.path.rename(doomed)
+            fault_point("save:during_rotate", step)
+            shutil.rmtree(doomed)
+        except OSError as exc:
+            warnings.warn(f"could not remove old checkpoint {c.path} ({exc}); delete it by hand to free the space",
+                          RuntimeWarning, stacklevel=3)
 
 
 def save_checkpoint(run_dir: RunDir | str | os.PathLike[str], step: int, *, tensors: Mapping[str, torch.Tensor],
@@ -136,40 +213,54 @@ def save_checkpoint(run_dir: RunDir | str | os.PathLike[str], step: int, *, tens
                 "state": _plain_state(dict(state), "state")}
     text = json.dumps(document, indent=1) + "\n"  # NaN/Infinity allowed: Python's json reads them back
 
-    from safetensors.torch import save_file
-
     root = _root(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    _cleanup(root)
     tmp, final = root / f"{name}.tmp", root / name
-    tmp.mkdir()
-    # own CPU copies: safetensors refuses tensors that share memory and needs them contiguous
-    cpu = {k: t.detach().to("cpu", copy=True).contiguous() for k, t in tensors.items()}
-    save_file(cpu, str(tmp / TENSORS), metadata={"format": "pt", "asg_step": str(step)})
-    _fsync_file(tmp / TENSORS)
-    with open(tmp / STATE, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    with open(tmp / SAVE_OK, "w", encoding="utf-8") as f:
-        f.write(f"{name} {document['saved_at']}\n")
-        f.flush()
-        os.fsync(f.fileno())
-    _fsync_dir(tmp)
-    if final.exists():  # same step saved again (e.g. after a resume): swap, then delete the old one
-        old = root / f"{name}.replaced"
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(final)
-    _fsync_dir(root)
-    atomic_write_text(root / LATEST, name + "\n")
+    current = root  # what is being written, for the error message
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        _cleanup(root)
+        current = tmp
+        tmp.mkdir()
+        fault_point("save:start", step)
+        # own CPU copies: safetensors refuses tensors that share memory and needs them contiguous
+        cpu = {k: t.detach().to("cpu", copy=True).contiguous() for k, t in tensors.items()}
+        current = tmp / TENSORS
+        _write_tensors(cpu, current, {"format": "pt", "asg_step": str(step)})
+        fault_point("save:after_tensors", step)
+        current = tmp / STATE
+        _write_text(current, text)
+        fault_point("save:after_state", step)
+        current = tmp / SAVE_OK
+        _write_text(current, f"{name} {document['saved_at']}\n")
+        _fsync_dir(tmp)
+        fault_point("save:before_rename", step)
+        current = final
+        if final.exists():  # same step saved again (e.g. after a resume): swap, then delete the old one
+            old = root / f"{name}.replaced"
+            final.rename(old)
+            fault_point("save:after_move_aside", step)
+            tmp.rename(final)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(final)
+        _fsync_dir(root)
+        fault_point("save:after_rename", step)
+        current = root / LATEST
+        atomic_write_text(current, name + "\n")
+    except RunWriteError:  # latest.txt (the checkpoint itself is complete)
+        raise
+    except OSError as exc:
+        if exc.errno is None:  # not an error the OS reported (a test's stand-in for a crash): as a crash would
+            raise
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        intact = latest_checkpoint(run_dir) if root.is_dir() else None
+        kept = (f"the previous checkpoint {intact} is intact" if intact is not None and intact != final
+                else "no earlier checkpoint of this run is complete")
+        raise write_failed(exc, current, f"checkpoint of step {step}", kept) from exc
+    fault_point("save:before_rotate", step)
     if keep_last is not None:
-        complete = [c for c in list_checkpoints(run_dir) if c.complete]
-        for c in complete[:-keep_last]:
-            if c.path != final:
-                shutil.rmtree(c.path)
+        _rotate(run_dir, keep_last, final, step)
     return final
 
 
@@ -184,14 +275,17 @@ def latest_checkpoint(run_dir: RunDir | str | os.PathLike[str]) -> Path | None:
     else the highest complete step; None when the run has no complete checkpoint."""
     root = _root(run_dir)
     complete = {c.path.name: c for c in list_checkpoints(run_dir) if c.complete}
-    if not complete:
-        return None
     try:
         latest = (root / LATEST).read_text(encoding="utf-8").strip()
     except OSError:
         latest = ""
     if latest in complete:
         return complete[latest].path
+    aside = root / f"{latest}.replaced"  # a crash while that step was being saved again (see _cleanup)
+    if latest and _STEP_DIR.match(latest) and (aside / SAVE_OK).is_file():
+        return aside
+    if not complete:
+        return None
     return max(complete.values(), key=lambda c: c.step).path
 
 

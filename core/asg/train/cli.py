@@ -11,13 +11,16 @@ from asg.errors import ConfigError
 
 
 def load_backbone(args: Any, device: Any = None) -> Any:
-    """The backbone of ``--backbone/--preset/--model``, with ``--adapters`` loaded when given."""
-    from asg.plugins import get_backbone_class
+    """The backbone of ``--backbone/--preset/--model``, with ``--adapters`` loaded when given; what its
+    plugin code raises (``load`` and every primitive) names the backbone, plugin and primitive."""
+    from asg.plugins import attributed, get_backbone_class, guard_backbone
 
     cls = get_backbone_class(args.backbone)
     device = str(device or getattr(args, "device", None) or "cpu")
     kwargs = {"dtype": args.dtype} if getattr(args, "dtype", None) else {}
-    backbone = cls.load(preset=getattr(args, "preset", None), model=getattr(args, "model", None), device=device, **kwargs)
+    with attributed(args.backbone, "load"):
+        backbone = cls.load(preset=getattr(args, "preset", None), model=getattr(args, "model", None), device=device, **kwargs)
+    backbone = guard_backbone(backbone, args.backbone)
     if getattr(args, "adapters", None) is not None:
         load_adapters(backbone, Path(args.adapters))
     return backbone
@@ -57,8 +60,11 @@ def run_train(args: Any) -> dict[str, Any]:
     if args.out is None and args.resume is None:
         raise ConfigError("asg train needs --out RUN_DIR (or --resume RUN_DIR to continue a run)")
     out = Path(args.out) if args.out is not None else _run_dir_of(Path(args.resume))
+    # the pool is checked before any model is loaded: a folder without one usable image fails in seconds
+    pool = ImagePool(args.images, seed=recipe.seed)
+    pool.verify(report=dist.is_main)
     backbone = load_backbone(args, device=dist.device)
-    pool = ImagePool(args.images, seed=recipe.seed, image_size=backbone.image_size)
+    pool.image_size = backbone.image_size
     config = {"recipe": recipe.to_dict(), "backbone": args.backbone, "preset": args.preset,
               "model": str(args.model) if args.model else None, "images": str(args.images), "pool_size": len(pool),
               "world_size": dist.world_size, "eval": args.eval}
@@ -123,14 +129,16 @@ def run_ask(args: Any) -> dict[str, Any]:
     """``asg ask``: one U-step on one image without updates — questions, answers, votes, H_sc, STE, rewards."""
     from PIL import Image
 
+    from asg.train.data import load_rgb
     from asg.train.trainer import Trainer
 
     path = Path(args.image)
     if not path.is_file():
         raise ConfigError(f"--image {path} does not exist")
+    image = load_rgb(path)  # the pool's reader (upright, RGB, first frame; DataError naming the file), before the model
     recipe = _recipe(argparse_like(args, extra=["solver.update=false", "proposer.update=false", "generator.update=false"]))
     backbone = load_backbone(args)
-    image = Image.open(path).convert("RGB").resize(tuple(reversed(backbone.image_size)))
+    image = image.resize(tuple(reversed(backbone.image_size)), Image.BICUBIC)
     from asg.train.ustep import understanding_step
 
     trainer = Trainer(backbone, recipe, pool=None, run=None)

@@ -14,6 +14,14 @@ For one real image:
    flow matching on the real image under the spec prompt and/or the advantage-weighted candidates
    (§6.4); autoregressive → a clipped group-relative step on the candidates' exact image-token
    log-probabilities, KL to the reference (§5.2).
+
+Reliability: every backbone call of the step goes through an :class:`asg.oom.OOMGuard` (a batch
+that runs out of memory is split and retried; ``oom_splits`` counts the splits), and malformed
+model output is counted, never raised on: ``malformed.caption`` (empty captions: the spec falls back
+to a generic prompt, the cycle score sees an empty caption), ``malformed.proposer`` (spec outputs
+without a prompt or without a QA pair: spec quality 0 when nothing parses, so the generator does not
+train on it), ``malformed.solver`` (answers without a complete, non-empty answer tag: they miss the
+reference answer in QA fidelity).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from typing import Any
 import torch
 
 from asg.errors import CapabilityError
+from asg.oom import OOMGuard
 from asg.rewards import (
     GenerationCase,
     contradiction,
@@ -35,36 +44,50 @@ from asg.rewards import (
 )
 from asg.roles import Generator, Proposer, RoleTemplates, Solver, gate_specs
 from asg.train.updater import UpdateResult
+from asg.train.ustep import malformed_answers
 from asg.types import Prompt, SamplingParams
 from asg.updates import flow_batch, flow_loss, group_advantages, grpo_loss
 
 SOURCE_CAPTION_TEMPERATURE = 0.8  # clip(1.3, 0.2, 0.8) in the reference (§6.1.1)
 
 
-def _captions(tr: Any, images: list[Any], *, temperature: float, seed: int) -> list[str]:
-    """One caption per image from the Solver role, in one batched call."""
-    tpl = RoleTemplates.of(tr.backbone)
+def _captions(tr: Any, images: list[Any], *, temperature: float, seed: int, bb: Any = None) -> list[str]:
+    """One caption per image from the Solver role, in one batched call (``bb``: default ``tr.backbone``)."""
+    bb = tr.backbone if bb is None else bb
+    tpl = RoleTemplates.of(bb)
     sampling = SamplingParams(temperature=temperature, max_new_tokens=tr.recipe.generator.caption_max_new_tokens)
-    with tr.backbone.use_role("solver"):
-        out = tr.backbone.generate_text([Prompt(tpl.caption, image=im) for im in images], sampling, seed=seed,
-                                        return_stats=False)
+    with bb.use_role("solver"):
+        out = bb.generate_text([Prompt(tpl.caption, image=im) for im in images], sampling, seed=seed,
+                               return_stats=False)
     return [c.text.strip() for c in out]
 
 
 def generation_step(tr: Any, image: Any, step: int) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
-    """Run one G-step on ``image``; returns (metrics record, rollout record, candidate images)."""
-    recipe, bb = tr.recipe, tr.backbone
+    """Run one G-step on ``image``; returns (metrics record, rollout record, candidate images).
+
+    Backbone calls that run out of memory are split (``oom_splits`` in the record, :mod:`asg.oom`)."""
+    guard = OOMGuard()
+    m, rollout, images = _generation_step(tr, guard.wrap(tr.backbone), image, step)
+    m["oom_splits"] = guard.stats.splits
+    return m, rollout, images
+
+
+def _generation_step(tr: Any, bb: Any, image: Any, step: int) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
+    recipe = tr.recipe
     g = recipe.generator
     solver, proposer, generator = Solver(recipe.solver.sample), Proposer(recipe.proposer.ask), Generator(g.generate)
-    m: dict[str, Any] = {}
+    m: dict[str, Any] = {"malformed.caption": 0, "malformed.proposer": 0, "malformed.solver": 0}
 
     # 1. spec with the Solver's gate on the real image
-    caption = _captions(tr, [image], temperature=SOURCE_CAPTION_TEMPERATURE, seed=tr.seed_for(step, "caption"))[0]
+    caption = _captions(tr, [image], temperature=SOURCE_CAPTION_TEMPERATURE, seed=tr.seed_for(step, "caption"), bb=bb)[0]
+    m["malformed.caption"] += not caption
     best = None
     for attempt in range(g.spec_attempts):
         proposal = proposer.write_specs(bb, [image], captions=[caption], seed=tr.seed_for(step, f"spec{attempt}"))[0]
         gate = gate_specs(solver, bb, [image], [proposal.spec], config=g.gate, force=attempt == g.spec_attempts - 1,
                           seed=tr.seed_for(step, f"gate{attempt}"))[0]
+        m["malformed.proposer"] += proposal.spec.malformed
+        m["malformed.solver"] += malformed_answers(s for a in gate.answers for s in a.samples)
         if best is None or gate.accepted or gate.selection_score > best[1].selection_score:
             best = (proposal, gate)
         if gate.accepted:
@@ -88,17 +111,22 @@ def generation_step(tr: Any, image: Any, step: int) -> tuple[dict[str, Any], dic
 
     # 3. internal evaluation
     questions = [p.question for p in spec.qa]
-    reference_answers = list(gate.answers) or solver.answer(bb, [image] * len(questions), questions, n=g.gate.samples,
-                                                            seed=tr.seed_for(step, "reference"))
+    reference_answers = list(gate.answers)
+    if not reference_answers:
+        reference_answers = solver.answer(bb, [image] * len(questions), questions, n=g.gate.samples,
+                                          seed=tr.seed_for(step, "reference"))
+        m["malformed.solver"] += malformed_answers(s for a in reference_answers for s in a.samples)
     reference = [vote(a.labels).majority for a in reference_answers]
     rows = [(c.image, q) for c in cands for q in questions]
     answered = solver.answer(bb, [r[0] for r in rows], [r[1] for r in rows], n=g.gate.samples,
                              seed=tr.seed_for(step, "judge"))
+    m["malformed.solver"] += malformed_answers(s for a in answered for s in a.samples)
     generated = [[list(answered[l * len(questions) + j].labels) for j in range(len(questions))] for l in range(len(cands))]
     rcfg = recipe.rewards
     fid = qa_fidelity(generated, reference, rcfg.fidelity)
     ctr = contradiction(generated, reference)
-    cycle_caps = _captions(tr, [c.image for c in cands], temperature=0.0, seed=tr.seed_for(step, "cycle"))
+    cycle_caps = _captions(tr, [c.image for c in cands], temperature=0.0, seed=tr.seed_for(step, "cycle"), bb=bb)
+    m["malformed.caption"] += sum(not c for c in cycle_caps)
     text_emb = bb.embed_text([spec.prompt, *cycle_caps])  # (1 + L, D), base model
     img_emb = bb.embed_image([c.image for c in cands])  # (L, D)
     cyc = cycle_consistency_from_embeddings(text_emb[0], text_emb[1:], img_emb, rcfg.cycle)
@@ -121,7 +149,7 @@ def generation_step(tr: Any, image: Any, step: int) -> tuple[dict[str, Any], dic
     elif bb.generation_kind in ("flow", "diffusion"):
         result = _flow_update(tr, step, spec.prompt, image, cands, rewards)
     elif bb.generation_kind == "autoregressive":
-        result = _token_update(tr, spec.prompt, cands, rewards)
+        result = _token_update(tr, spec.prompt, cands, rewards, bb=bb)
     else:
         raise CapabilityError(f"backbone {bb.name!r} declares generation_kind={bb.generation_kind!r}; "
                               "asg trains 'flow', 'diffusion' or 'autoregressive' generators")
@@ -147,10 +175,10 @@ def _flow_update(tr: Any, step: int, prompt: str, image: Any, cands: list[Any], 
     return upd.apply(loss, diagnostics={**diag, **{k: v for k, v in ldiag.items() if k != "loss"}})
 
 
-def _token_update(tr: Any, prompt: str, cands: list[Any], rewards: list[float]) -> UpdateResult:
-    """Group-relative step on exact per-sample image-token log-probs (§5.2; quirk 8)."""
+def _token_update(tr: Any, prompt: str, cands: list[Any], rewards: list[float], *, bb: Any = None) -> UpdateResult:
+    """Group-relative step on exact per-sample image-token log-probs (§5.2; quirk 8); ``bb``: default ``tr.backbone``."""
     upd = tr.updaters["generator"]
-    bb = tr.backbone
+    bb = tr.backbone if bb is None else bb
     traces = [c.trace for c in cands]
     prompts = [prompt] * len(cands)
     with bb.use_role(None), torch.no_grad():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,9 +20,9 @@ from typing import Any
 
 import attrs
 
-from asg._validate import number, one_of, string
-from asg.errors import ConfigError, UnknownNameError
-from asg.config import from_dict, nested_config, sections, to_plain
+from asg._validate import _fmt, boolean, closest, did_you_mean, number, one_of, string
+from asg.errors import ConfigError, ConfigFieldError, UnknownNameError
+from asg.config import nested_config, sections, to_plain
 from asg.rewards.config import RewardsConfig
 from asg.roles.generator import GateConfig, GeneratorConfig
 from asg.roles.proposer import ProposerConfig
@@ -37,7 +38,7 @@ def _nested(cls: type) -> Any:
 
 
 def _lr() -> Any:
-    return attrs.field(default=1e-6, validator=number(0.0, 1.0))
+    return attrs.field(default=1e-6, validator=number(0.0, 1.0, lo_open=True))
 
 
 def _pos(default: int, lo: int = 1) -> Any:
@@ -53,11 +54,12 @@ class ScheduleConfig:
     generation: int = _pos(2, 0)  # G-steps per cycle
     bootstrap: int = _pos(0, 0)  # G-steps before the first cycle (E5: 2)
     order: str = attrs.field(default="UG", validator=one_of(("UG", "GU")))  # which phase opens a cycle
-    stagewise: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))  # E7: U-only first half, then G-only
+    stagewise: bool = attrs.field(default=False, validator=boolean())  # E7: U-only first half, then G-only
 
     def __attrs_post_init__(self) -> None:
         if self.understanding + self.generation == 0 and not self.stagewise:
-            raise ConfigError("ScheduleConfig: understanding + generation must be at least 1 (a cycle needs a step)")
+            raise ConfigError("ScheduleConfig: understanding + generation must be at least 1 unless stagewise "
+                              f"(a cycle needs a step), got {self.understanding} + {self.generation}")
 
 
 @attrs.frozen(kw_only=True)
@@ -67,7 +69,7 @@ class ProposerRole:
     ask: ProposerConfig = _nested(ProposerConfig)  # K, temperature, certificate, spec sampling
     grpo: GRPOConfig = _nested(GRPOConfig)  # clip ε 0.2, advantage normalisation
     extra_samples: int = _pos(2, 0)  # group members besides the chosen output (§3.10: 2)
-    update: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))  # train its adapter
+    update: bool = attrs.field(default=True, validator=boolean())  # train its adapter
     lr: float = _lr()
 
 
@@ -84,7 +86,7 @@ class SolverRole:
     # canonical prompt (PPS sample 0's), the prompt evaluation asks with; 0 = off, as the reference.
     # An asg extension: REINFORCE trains every sample under its own perturbed prompt (see training.md).
     distill_weight: float = attrs.field(default=0.0, validator=number(0.0, None))
-    update: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))  # train its adapter
+    update: bool = attrs.field(default=True, validator=boolean())  # train its adapter
     lr: float = _lr()
 
 
@@ -99,8 +101,8 @@ class GeneratorRole:
     min_spec_quality: float = attrs.field(default=0.35, validator=number(0.0, 1.0))  # below: no update (§8)
     min_qa: int = _pos(2, 0)  # QA pairs a spec needs to be trained on (§8: >= 2)
     caption_max_new_tokens: int = _pos(64)  # source and cycle captions (§6.1.1)
-    update: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))  # train adapter + head
-    lr: float = attrs.field(default=5e-7, validator=number(0.0, 1.0))
+    update: bool = attrs.field(default=True, validator=boolean())  # train adapter + head
+    lr: float = attrs.field(default=5e-7, validator=number(0.0, 1.0, lo_open=True))
 
 
 @attrs.frozen(kw_only=True)
@@ -118,6 +120,9 @@ class RunConfig:
     checkpoint_every: int = _pos(50, 0)  # 0 = only at the end
     keep_checkpoints: int = _pos(3)  # newest K kept
     sample_every: int = _pos(50, 0)  # write G-step images every this many steps (0 = never)
+    # stop the run (with a checkpoint, state "failed") after this many consecutive steps whose update was
+    # skipped for a non-finite loss or gradient (0 = never stop)
+    max_consecutive_skips: int = _pos(20, 0)
 
 
 @attrs.frozen(kw_only=True)
@@ -125,7 +130,7 @@ class Recipe:
     """A named training configuration; ``e1`` (all defaults) is the paper's main run."""
 
     name: str = attrs.field(default="custom", validator=string(nonempty=True))
-    description: str = ""
+    description: str = attrs.field(default="", validator=string())
     seed: int = attrs.field(default=42, validator=number(0, None, integer=True))
     schedule: ScheduleConfig = _nested(ScheduleConfig)
     proposer: ProposerRole = _nested(ProposerRole)
@@ -136,12 +141,16 @@ class Recipe:
     run: RunConfig = _nested(RunConfig)
     rewards: RewardsConfig = _nested(RewardsConfig)
 
+    def __attrs_post_init__(self) -> None:
+        check_recipe(self)
+
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Recipe:
-        return from_dict(cls, data)
+        """A validated recipe from a plain mapping; any error is a ConfigFieldError naming the field's dotted path."""
+        return _build(cls, data)
 
 
 def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -185,8 +194,9 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         for depth, part in enumerate(path[:-1]):
             field = attrs.fields_dict(cls).get(part)
             if field is None or (nested_config(field) is None and "config_map" not in field.metadata):
-                raise ConfigError(f"--set {item!r}: {'.'.join(path[: depth + 1])!r} is not a section; "
-                                  f"sections here: {', '.join(sections(cls))}")
+                where = ".".join(path[: depth + 1])
+                raise _field_error(where, f"--set {item!r}: {where!r} is not a section; sections here: "
+                                          f"{', '.join(sections(cls))}{did_you_mean(part, sections(cls))}")
             node = node.setdefault(part, {})
             if "config_map" in field.metadata:  # name -> settings: names may hold dots, the last part is the field
                 name = ".".join(path[depth + 1:-1])
@@ -226,7 +236,136 @@ def recipe_mapping(name_or_path: str | Path) -> dict[str, Any]:
 
 def load_recipe(name_or_path: str | Path = "e1", overrides: Sequence[str] = ()) -> Recipe:
     """A validated :class:`Recipe` from a registered name or a file, with ``--set`` overrides applied."""
-    return Recipe.from_dict(apply_overrides(recipe_mapping(name_or_path), overrides))
+    recipe = Recipe.from_dict(apply_overrides(recipe_mapping(name_or_path), overrides))
+    check_components(recipe)
+    return recipe
+
+
+# -- strict loading: every error names the field by its dotted path ---------------------------------
+# Message shape, for every kind of mistake:  "<dotted.path>: <what is wrong and what is allowed>, got <value>"
+_SIMPLE_TYPES = {"bool": ((bool,), "a bool (true or false)"), "str": ((str,), "a string"),
+                 "int": ((int,), "an integer"), "float": ((int, float), "a number")}
+_FIELD_IN_MESSAGE = re.compile(r"^(?:(?P<cls>\w+)\.(?P<dotted>\w+)|'(?P<quoted>\w+)')")
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _field_error(path: str, message: str) -> ConfigFieldError:
+    err = ConfigFieldError(f"{path or 'recipe'}: {message}")
+    err.path = path
+    return err
+
+
+def _check_type(cls: type, field: attrs.Attribute, value: Any, path: str) -> None:
+    """Fields declared without a validator (in role and update modules) still get their annotated type."""
+    simple = _SIMPLE_TYPES.get(field.type if isinstance(field.type, str) else getattr(field.type, "__name__", ""))
+    if simple is None:
+        return
+    types, kind = simple
+    if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
+        raise _field_error(path, f"{cls.__name__}.{field.name} must be {kind}, got {_fmt(value)} ({type(value).__name__})")
+
+
+def _locate(cls: type, path: str, exc: Exception) -> ConfigFieldError:
+    """A validator's or ``__attrs_post_init__``'s error, prefixed by the dotted path of the field it names."""
+    message = str(exc)
+    m = _FIELD_IN_MESSAGE.match(message)
+    name = m and (m["quoted"] or (m["dotted"] if m["cls"] == cls.__name__ else None))
+    return _field_error(_join(path, name) if name in attrs.fields_dict(cls) else path, message)
+
+
+def _build(cls: type, data: Any, path: str = "") -> Any:
+    """An instance of the attrs config ``cls`` from a mapping, every error a ConfigFieldError with its path."""
+    if isinstance(data, cls):
+        return data
+    fields = attrs.fields_dict(cls)
+    if not isinstance(data, Mapping):
+        raise _field_error(path, f"{cls.__name__} is a section: give a mapping with keys {', '.join(fields)}, "
+                                 f"got {_fmt(data)} ({type(data).__name__})")
+    unknown = [str(k) for k in data if str(k) not in fields]
+    if unknown:
+        if len(unknown) == 1:
+            hint = did_you_mean(unknown[0], fields)
+        else:
+            near = [(k, c) for k in unknown if (c := closest(k, fields))]
+            hint = "; did you mean " + ", ".join(f"{c!r} for {k!r}" for k, c in near) + "?" if near else ""
+        raise _field_error(_join(path, unknown[0]) if len(unknown) == 1 else path,
+                           f"{cls.__name__}: unknown key(s) {', '.join(map(repr, unknown))}; "
+                           f"valid keys: {', '.join(fields)}{hint}")
+    kwargs = {}
+    for key, value in data.items():
+        field, here = fields[key], _join(path, key)
+        sub = nested_config(field)
+        if sub is not None:
+            value = _build(sub, value, here)
+        elif "config_map" in field.metadata:
+            if not isinstance(value, Mapping):
+                raise _field_error(here, f"{cls.__name__}.{key} must map names to settings, got {_fmt(value)} ({type(value).__name__})")
+            value = {str(n): _build(field.metadata["config_map"], v, _join(here, str(n))) for n, v in value.items()}
+        elif field.validator is None:
+            _check_type(cls, field, value, here)
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except ConfigFieldError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise _locate(cls, path, exc) from exc
+
+
+def _consistency(r: Recipe) -> list[tuple[str, bool, str]]:
+    """(field, holds, what is allowed) for every rule that spans fields; the first broken one is raised."""
+    p, s, g = r.proposer, r.solver, r.generator
+    ste, diff = r.rewards.ste, r.rewards.difficulty
+    return [
+        ("solver.questions_per_step", s.questions_per_step <= p.ask.k,
+         (f"must be in [1, proposer.ask.k = {p.ask.k}] (the Solver trains on questions the Proposer asked), "
+          f"got {s.questions_per_step}")),
+        ("proposer.extra_samples", not p.update or p.extra_samples >= 1,
+         ("must be at least 1 while proposer.update is true (GRPO compares 1 + extra_samples outputs; a group "
+          f"of one never updates), got {p.extra_samples}; or set proposer.update=false")),
+        ("generator.min_qa", g.min_qa <= p.ask.spec_pairs,
+         (f"must be in [0, proposer.ask.spec_pairs = {p.ask.spec_pairs}] (a spec holds at most spec_pairs QA "
+          f"pairs, so no spec would ever train), got {g.min_qa}")),
+        ("generator.gate.min_pairs", g.gate.min_pairs <= p.ask.spec_pairs,
+         (f"must be in [0, proposer.ask.spec_pairs = {p.ask.spec_pairs}] (a spec holds at most spec_pairs QA "
+          f"pairs, so the gate would never accept one), got {g.gate.min_pairs}")),
+        ("generator.flow", not g.update or g.flow.real or g.flow.generated,
+         ("flow.real and flow.generated must not both be false while generator.update is true (a flow or "
+          "diffusion generator would have no training pair), got real=false, generated=false")),
+        ("generator.generate.candidates", not g.update or g.flow.real or g.generate.candidates >= 2,
+         ("must be at least 2 while generator.update is true and generator.flow.real is false (advantages are "
+          f"relative to the group of candidates; one candidate has none), got {g.generate.candidates}")),
+        ("rewards.ste.min_window", ste.min_window <= ste.window,
+         (f"must be in [1, rewards.ste.window = {ste.window}] (the STE normaliser would never leave its sigmoid "
+          f"fallback), got {ste.min_window}")),
+        ("rewards.ste.spot_hard_above", ste.spot_hard_above >= ste.spot_easy_below,
+         f"must be in [rewards.ste.spot_easy_below = {ste.spot_easy_below}, 1.0], got {ste.spot_hard_above}"),
+        ("rewards.difficulty.target_min_samples", diff.target_min_samples <= diff.target_window,
+         (f"must be in [1, rewards.difficulty.target_window = {diff.target_window}] (the difficulty target would "
+          f"never adapt), got {diff.target_min_samples}")),
+    ]
+
+
+def check_recipe(recipe: Recipe) -> None:
+    """Rules that span fields (run by ``Recipe`` itself); a broken one is a ConfigFieldError naming its field."""
+    for path, holds, allowed in _consistency(recipe):
+        if not holds:
+            raise _field_error(path, allowed)
+
+
+def check_components(recipe: Recipe) -> None:
+    """Every ``rewards.components`` name must be a registered reward component (``asg plugins`` lists them)."""
+    from asg.plugins import registered
+
+    valid = registered("rewards")
+    names = [n for n in recipe.rewards.components if n not in valid]
+    if names:
+        raise _field_error(f"rewards.components.{names[0]}",
+                           f"unknown reward component {names[0]!r}; valid choices: {', '.join(valid)}"
+                           f"{did_you_mean(names[0], valid)}")
 
 
 # -- schedule (§2) ---------------------------------------------------------------------------------

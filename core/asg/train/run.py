@@ -14,13 +14,16 @@ keeps exactly the records with ``step <= k``, so the logs of a resumed run equal
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import math
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -29,8 +32,10 @@ from typing import Any
 import attrs
 
 from asg.errors import AsgError, ConfigError, DataError
+from asg.safety import safe_child
 
-STATES = ("running", "completed", "failed")
+STATES = ("running", "completed", "failed", "interrupted")  # interrupted: by a signal, resumable
+SKIPPED_IMAGES_LISTED = 20  # status.json lists at most this many unreadable pool files
 RUN_MARKERS = ("config.json", "status.json", "metrics.jsonl", "rollouts.jsonl", "checkpoints")
 _PACKAGES = ("torch", "transformers", "diffusers", "peft", "accelerate", "safetensors", "numpy", "asg-core")
 
@@ -73,6 +78,86 @@ def jsonable(value: Any, where: str = "value") -> Any:
                     "log numbers, strings, lists or dicts of them")
 
 
+# -- writing safely --------------------------------------------------------------------------------
+class RunWriteError(AsgError, OSError):
+    """Writing the run directory failed (disk full, read-only, no permission). The message names the path;
+    ``errno`` is the operating system's error number."""
+
+    def __init__(self, message: str, error: int | None = None, path: str | os.PathLike[str] | None = None) -> None:
+        if error is None:
+            super().__init__(message)
+        else:
+            super().__init__(error, message)
+        self.message = message
+        self.path = None if path is None else Path(path)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
+_NO_PERMISSION = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def human_bytes(n: float) -> str:
+    """``1536`` -> ``"1.5 KiB"``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def disk_free(path: str | os.PathLike[str]) -> int | None:
+    """Free bytes on the file system holding ``path`` (its nearest existing ancestor); None if unknown."""
+    path = Path(path).absolute()
+    for p in (path, *path.parents):
+        if p.exists():
+            try:
+                return shutil.disk_usage(p).free
+            except OSError:
+                return None
+    return None
+
+
+def _errno_name(exc: OSError) -> str:
+    return errno.errorcode.get(exc.errno, str(exc.errno)) if exc.errno is not None else "no errno"
+
+
+def write_failed(exc: OSError, path: str | os.PathLike[str], what: str, note: str = "") -> RunWriteError:
+    """The :class:`RunWriteError` for ``exc`` raised while writing ``what`` at ``path``: names the path, the
+    cause, the free space when the disk is full, ``note`` and the way out."""
+    parts = [f"could not write {what}: {path}: {exc.strerror or exc} ({_errno_name(exc)})"]
+    if exc.errno in _DISK_FULL:
+        free = disk_free(path)
+        parts.append("the disk is full" + (f" ({human_bytes(free)} free there)" if free is not None else ""))
+    if note:
+        parts.append(note)
+    if exc.errno in _DISK_FULL:
+        parts.append("free space (or lower run.keep_checkpoints), then resume the run")
+    elif exc.errno in _NO_PERMISSION:
+        parts.append("make the directory writable, or start the run with another --out")
+    return RunWriteError("; ".join(parts), exc.errno, path)
+
+
+def check_writable(folder: str | os.PathLike[str]) -> None:
+    """Create ``folder`` if needed, then write, fsync and delete a probe file in it; a RunWriteError naming
+    the folder if any of that fails (read-only file system, no permission, no space)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".asg-write-test-", dir=folder)
+        try:
+            os.write(fd, b"ok")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        raise RunWriteError(f"run directory {folder} is not writable: {exc.strerror or exc} ({_errno_name(exc)}); "
+                            "make it writable, or choose another --out", exc.errno, folder) from exc
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -96,9 +181,16 @@ def atomic_write_text(path: Path, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise write_failed(exc, path, path.name, "the previous version of the file is intact") from exc
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        try:
+            if tmp.exists():
+                tmp.unlink()
+        except OSError:
+            pass
     _fsync_dir(path.parent)
 
 
@@ -179,10 +271,15 @@ def _append_lines(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
         lines.append(json.dumps(jsonable(record, "record"), allow_nan=False) + "\n")
     if not lines:
         return
-    with open(path, "a", encoding="utf-8") as f:
-        f.write("".join(lines))
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write("".join(lines))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise write_failed(exc, path, path.name) from exc
 
 
 # -- environment ----------------------------------------------------------------------------------
@@ -280,7 +377,11 @@ class RunDir:
             raise ConfigError(f"--resume {path}: there is no run to continue there; "
                               "drop --resume to start a new run in it")
         run = cls(path)
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunWriteError(f"run directory {path} cannot be created: {exc.strerror or exc} ({_errno_name(exc)}); "
+                                "choose another --out", exc.errno, path) from exc
         env = environment(argv)
         if resume:
             run.resumed, run._rewound = True, False
@@ -319,11 +420,15 @@ class RunDir:
                      steps_total: int | None = None, last_checkpoint: str | os.PathLike[str] | None = None,
                      last_error: str | BaseException | None = None, steps_done: int | None = None,
                      elapsed_sec: float | None = None, steps_per_sec: float | None = None,
-                     eta_sec: float | None = None, **metrics: Any) -> dict[str, Any]:
+                     eta_sec: float | None = None, reason: str | None = None, resume_command: str | None = None,
+                     images_skipped: int | None = None, skipped_images: Mapping[Any, str] | None = None,
+                     **metrics: Any) -> dict[str, Any]:
         """Atomically rewrite status.json. ``step`` is the last completed global step; step, phase, steps_total,
         last_checkpoint and last_error keep their previous value when not given; steps_done, elapsed_sec,
         steps_per_sec and eta_sec are computed (this session's rate) unless given; extra keyword arguments
-        land in its ``metrics`` block."""
+        land in its ``metrics`` block. ``reason`` says why a run stopped (failed, interrupted) and
+        ``resume_command`` how to continue it; ``images_skipped`` counts the unreadable pool files and
+        ``skipped_images`` ({path: why}) lists the first :data:`SKIPPED_IMAGES_LISTED` of them."""
         if state not in STATES:
             raise ConfigError(f"status state must be one of {', '.join(STATES)}; got {state!r}")
         if isinstance(last_error, BaseException):
@@ -346,6 +451,9 @@ class RunDir:
             "elapsed_sec": self._elapsed_before + session if elapsed_sec is None else elapsed_sec,
             "session_elapsed_sec": session, "steps_per_sec": rate, "eta_sec": eta_sec,
             "last_checkpoint": s["last_checkpoint"], "last_error": s["last_error"],
+            "reason": reason, "resume_command": resume_command, "images_skipped": images_skipped,
+            "skipped_images": None if skipped_images is None else [
+                {"path": os.fspath(p), "reason": why} for p, why in list(skipped_images.items())[:SKIPPED_IMAGES_LISTED]],
             "updated_at": now_iso(), "run_dir": str(self.path), "metrics": metrics,
         }
         write_json(self.status_path, status)
@@ -385,7 +493,7 @@ class RunDir:
         out = self.sample_dir(step)
         paths = []
         for image, name in zip(images, names):
-            path = out / (name if name.lower().endswith(".png") else f"{name}.png")
+            path = safe_child(out, name if name.lower().endswith(".png") else f"{name}.png")  # never outside the run
             image.save(path)
             paths.append(path)
         return paths

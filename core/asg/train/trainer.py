@@ -7,27 +7,84 @@ piece of state the loop carries, and writes the run directory (architecture.md "
 Determinism: every random choice is seeded from (recipe seed, rank, step, call) — generation calls get
 their own seeds, the hint sampler its own ``random.Random`` — and the global RNGs are checkpointed,
 so a resumed run reproduces the uninterrupted one exactly on the same hardware.
+
+Faults (docs/training.md, "Faults and interruptions"): before the first step the run directory must be
+writable with room for a checkpoint; SIGTERM or SIGINT stops the run after the step in progress with a
+checkpoint and raises :class:`TrainingStopped` carrying the resume command (a second signal stops it at
+once); ``run.max_consecutive_skips`` steps in a row with non-finite losses or gradients stop it the same
+way, as "failed".
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+import shlex
+import signal
+import sys
+import threading
 import time
+import warnings
 import zlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
+from asg.errors import AsgError
 from asg.progress import progress_bar
 from asg.rewards import DifficultyTarget, EasyThreshold, SteNormalizer, resolve_components
-from asg.train.checkpoint import load_checkpoint, save_checkpoint
+from asg.train.checkpoint import (
+    fault_point, latest_checkpoint, load_checkpoint, recover_interrupted_save, save_checkpoint,
+)
 from asg.train.flat import merge_flat, optimizer_from_flat, optimizer_to_flat, rng_state, set_rng_state
 from asg.train.gstep import generation_step
 from asg.train.recipe import Recipe, phase_of
+from asg.train.run import RunWriteError, check_writable, disk_free, human_bytes
 from asg.train.updater import RoleUpdater
 from asg.train.ustep import understanding_step
 from asg.updates import EMABaseline
 
 MODEL_PREFIX = "model."
+NONFINITE = ("nonfinite_loss", "nonfinite_grad")  # the skip codes (asg.updates.guards) run.max_consecutive_skips counts
+
+
+class TrainingStopped(AsgError):
+    """The run stopped before its last step. ``exit_code``: 128 + the signal number for SIGINT/SIGTERM (130,
+    143), 2 for too many non-finite steps. ``checkpoint``: the checkpoint to resume from (None when there is
+    none); ``resume_command``: the ``asg train ... --resume`` command that continues the run; ``aborted``: a
+    second signal stopped it mid-step, so nothing of that step was saved."""
+
+    def __init__(self, message: str, *, exit_code: int, reason: str, checkpoint: Any = None,
+                 resume_command: str | None = None, aborted: bool = False) -> None:
+        super().__init__(message)
+        self.exit_code, self.reason, self.checkpoint = exit_code, reason, checkpoint
+        self.resume_command, self.aborted = resume_command, aborted
+
+
+class _Abort(BaseException):
+    """Raised by the signal handler on a second signal (a BaseException, so no ``except Exception`` in a
+    step swallows it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _say(text: str) -> None:
+    """Write to stderr from a signal handler (os.write: no re-entrant buffered I/O)."""
+    try:
+        os.write(2, text.encode("utf-8", "replace"))
+    except OSError:
+        pass
 
 
 class TrainState:
@@ -68,6 +125,10 @@ class Trainer:
             for role, cfg in lrs.items() if cfg.update and role in backbone.roles
         }
         self.elapsed = 0.0
+        self.nonfinite_streak = 0  # consecutive steps with a non-finite loss or gradient (checkpointed)
+        self._last_nonfinite = ""
+        self._signal: int | None = None  # the first SIGINT/SIGTERM received during train()
+        self._saved: tuple[int, Any] | None = None  # (step, path) of the last checkpoint this process wrote
         self._seed_global_rngs()
 
     def _seed_global_rngs(self) -> None:
@@ -93,35 +154,198 @@ class Trainer:
         return self._components[role]
 
     # -- the loop ----------------------------------------------------------------------------------
-    def train(self, steps: int | None = None) -> None:
-        """Run to ``steps`` global steps (default: the recipe's), checkpointing on the way and at the end."""
+    def train(self, steps: int | None = None, *, handle_signals: bool = True) -> None:
+        """Run to ``steps`` global steps (default: the recipe's), checkpointing on the way and at the end.
+
+        With ``handle_signals`` (and on the main thread) SIGINT and SIGTERM stop the run after the step in
+        progress, with a checkpoint, by raising :class:`TrainingStopped`; a second signal raises it at once.
+        ``run.max_consecutive_skips`` non-finite steps in a row raise it too (state "failed")."""
         total = steps or self.recipe.schedule.steps
         every = self.recipe.run.checkpoint_every
         start_time = time.time() - self.elapsed
         self._t_started = time.time()
-        self._status("running", step=self.step, steps_total=total)
-        try:
-            with progress_bar(total=total, desc="asg train") as bar:
-                bar.update(self.step)
-                while self.step < total:
-                    step = self.step + 1
-                    record = self.train_step(step)
-                    self.elapsed = time.time() - start_time
-                    rate = (step - self.started_from) / max(time.time() - self._t_started, 1e-9)
-                    bar.set(phase=record["phase"], **_running(record))
-                    bar.update(1)
-                    if every and step % every == 0 and step < total:
-                        self.save()
-                    self._status("running", step=step, phase=record["phase"], steps_total=total,
-                                          steps_done=step, elapsed_sec=self.elapsed, steps_per_sec=rate,
-                                          eta_sec=(total - step) / rate if rate > 0 else None)
-        except BaseException as exc:
-            self._status("failed", step=self.step, steps_total=total, last_error=f"{type(exc).__name__}: {exc}")
-            raise
-        path = self.save()
+        with self._signals(handle_signals):
+            try:
+                self._preflight_all_ranks()
+                self._status("running", step=self.step, steps_total=total, **self._streak())
+                with progress_bar(total=total, desc="asg train") as bar:
+                    bar.update(self.step)
+                    while self.step < total:
+                        step = self.step + 1
+                        record = self.train_step(step)
+                        fault_point(f"step:{step}")
+                        self._count_nonfinite(record)
+                        self.elapsed = time.time() - start_time
+                        rate = (step - self.started_from) / max(time.time() - self._t_started, 1e-9)
+                        bar.set(phase=record["phase"], **_running(record))
+                        bar.update(1)
+                        saved = self.save() if every and step % every == 0 and step < total else None
+                        self._status("running", step=step, phase=record["phase"], steps_total=total,
+                                     steps_done=step, elapsed_sec=self.elapsed, steps_per_sec=rate,
+                                     eta_sec=(total - step) / rate if rate > 0 else None, last_checkpoint=saved,
+                                     **self._streak())
+                        self._stop_if_asked(step, total)
+                path = self.save()
+            except TrainingStopped:
+                raise  # its status is written
+            except _Abort as abort:
+                raise self._aborted(abort.signum, total) from None
+            except BaseException as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                # Ctrl-C where no handler is installed: interrupted, resumable from the last checkpoint
+                state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+                self._safe_status(state, step=self.step, steps_total=total, last_error=error, reason=error,
+                                  **self._streak())
+                raise
         sync = self._ranks_in_sync()
         self._status("completed", step=self.step, steps_total=total, steps_done=self.step,
-                     elapsed_sec=self.elapsed, last_checkpoint=str(path), **sync)
+                     elapsed_sec=self.elapsed, last_checkpoint=str(path), **sync, **self._streak())
+
+    # -- faults ------------------------------------------------------------------------------------
+    def checkpoint_bytes(self) -> int:
+        """About how large one checkpoint is: the trainable tensors, AdamW's two moments of every trained
+        parameter (in its dtype) and 1 MiB for the RNG states and the JSON."""
+        weights = sum(t.numel() * t.element_size() for t in self.backbone.trainable_state_dict().values())
+        moments = sum(2 * p.numel() * p.element_size() for u in self.updaters.values() for p in u.params)
+        return weights + moments + (1 << 20)
+
+    def preflight(self) -> None:
+        """Before the first step: ``checkpoints/`` must be writable (a probe file is written and removed) and its
+        disk must hold one checkpoint (else a RunWriteError with the numbers); room for fewer than
+        ``run.keep_checkpoints`` + 1 (kept ones + the one being written) is a RuntimeWarning."""
+        if self.run is None:
+            return
+        folder = self.run.checkpoints_dir
+        check_writable(folder)
+        need, free = self.checkpoint_bytes(), disk_free(folder)
+        if free is None:
+            return
+        keep = self.recipe.run.keep_checkpoints
+        if free < need:
+            raise RunWriteError(f"not enough free space for a checkpoint in {folder}: {human_bytes(free)} free, one "
+                                f"checkpoint needs about {human_bytes(need)} (trainable weights and their optimiser "
+                                "state); free space, or choose another --out", errno.ENOSPC, folder)
+        if free < need * (keep + 1):
+            warnings.warn(f"{folder}: {human_bytes(free)} free, but run.keep_checkpoints = {keep} kept checkpoints plus "
+                          f"the one being written need about {human_bytes(need * (keep + 1))}; the run fails when the "
+                          "disk fills (free space, or lower run.keep_checkpoints)", RuntimeWarning, stacklevel=3)
+
+    def _preflight_all_ranks(self) -> None:
+        error: RunWriteError | None = None
+        if self.dist.is_main:
+            try:
+                self.preflight()
+            except RunWriteError as exc:
+                error = exc
+        if self.dist.any(error is not None):  # every rank stops, not only the one that checked
+            raise error or RunWriteError("rank 0 cannot write the run directory (its error says why)")
+
+    def resume_command(self) -> str:
+        """The command that continues this run: this process's ``asg train`` arguments with ``--out``/``--resume``
+        replaced by ``--resume RUN_DIR``; outside the CLI, one built from the pool, recipe name and run dir."""
+        run_dir = str(self.run.path) if self.run is not None else "RUN_DIR"
+        argv = sys.argv[1:]
+        if argv[:1] == ["train"]:
+            kept: list[str] = []
+            skip = False
+            for arg in argv[1:]:
+                if skip:
+                    skip = False
+                elif arg in ("--out", "--resume"):
+                    skip = True
+                elif not arg.startswith(("--out=", "--resume=")):
+                    kept.append(arg)
+            return shlex.join(["asg", "train", *kept, "--resume", run_dir])
+        folder = getattr(self.pool, "folder", None)
+        return shlex.join(["asg", "train", "--images", str(folder or "IMAGES"), "--recipe", self.recipe.name,
+                           "--resume", run_dir])
+
+    def _streak(self) -> dict[str, int]:
+        return {"nonfinite_streak": self.nonfinite_streak}
+
+    def _count_nonfinite(self, record: dict[str, Any]) -> None:
+        """A step where some role's update was skipped as non-finite extends the streak; one where a role
+        stepped (and none was non-finite) ends it; a step without update attempts leaves it."""
+        bad = [f"{k[: -len('.skip_reason')]} {v}" for k, v in record.items()
+               if k.endswith(".skip_reason") and v in NONFINITE]
+        if bad:
+            self.nonfinite_streak += 1
+            self._last_nonfinite = f"step {record['step']}: {', '.join(bad)}"
+        elif any(record.get(f"{role}.stepped") is True for role in self.updaters):
+            self.nonfinite_streak = 0
+
+    def _stop_if_asked(self, step: int, total: int) -> None:
+        """After a step: stop with a checkpoint on a signal (not after the last step: that one completes) or
+        when the non-finite streak reached ``run.max_consecutive_skips``; every rank decides alike."""
+        limit = self.recipe.run.max_consecutive_skips
+        signalled = self._signal is not None and step < total
+        failing = bool(limit) and self.nonfinite_streak >= limit
+        if self.dist.world_size > 1:
+            signalled, failing = self.dist.any(signalled), self.dist.any(failing)
+        if not (signalled or failing):
+            return
+        path = self._saved[1] if self._saved is not None and self._saved[0] == self.step else self.save()
+        command = self.resume_command()
+        if failing:
+            reason = (f"{self.nonfinite_streak} consecutive steps had non-finite losses or gradients (last: "
+                      f"{self._last_nonfinite}); run.max_consecutive_skips = {limit}")
+            message = (f"stopped after step {step}: {reason}. Their updates were skipped, so no weight is non-finite; "
+                       f"checkpoint {path}. Lower the learning rates (--set solver.lr=...) or train in float32, "
+                       f"then resume with:\n  {command}")
+            state, code = "failed", 2
+        else:
+            signum = self._signal or signal.SIGTERM
+            reason = f"{_signal_name(signum)} received; stopped after step {step} of {total}"
+            message = f"interrupted: {reason}; checkpoint {path}. Resume with:\n  {command}"
+            state, code = "interrupted", 128 + signum
+        self._status(state, step=self.step, steps_total=total, last_checkpoint=path,
+                     last_error=reason if failing else None, reason=reason, resume_command=command, **self._streak())
+        raise TrainingStopped(message, exit_code=code, reason=reason, checkpoint=path, resume_command=command)
+
+    def _aborted(self, signum: int, total: int) -> TrainingStopped:
+        """A second signal: record it and say where to resume from (the last complete checkpoint)."""
+        name = _signal_name(signum)
+        reason = f"aborted by a second {name} during step {self.step + 1}; nothing of that step was saved"
+        latest = latest_checkpoint(self.run.path) if self.run is not None and self.dist.is_main else None
+        command = self.resume_command() if latest is not None else None
+        where = (f"resume from {latest} with:\n  {command}" if command
+                 else "no checkpoint was written yet: start the run again (with a new --out)")
+        self._safe_status("interrupted", step=self.step, steps_total=total, reason=reason, resume_command=command,
+                          last_checkpoint=latest, **self._streak())
+        return TrainingStopped(f"{reason}; {where}", exit_code=128 + signum, reason=reason, checkpoint=latest,
+                               resume_command=command, aborted=True)
+
+    @contextlib.contextmanager
+    def _signals(self, enabled: bool) -> Iterator[None]:
+        """SIGINT/SIGTERM handlers for the duration of train() (main thread only): the first sets a flag the
+        loop reads after each step, the second raises at once; the previous handlers come back afterwards."""
+        self._signal = None
+        if not enabled or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        signums = [signal.SIGINT, signal.SIGTERM]
+        previous = {s: signal.getsignal(s) for s in signums}
+
+        def restore() -> None:
+            for s in signums:
+                signal.signal(s, previous[s] if previous[s] is not None else signal.SIG_DFL)
+
+        def handler(signum: int, frame: Any) -> None:
+            name = _signal_name(signum)
+            if self._signal is None:
+                self._signal = signum
+                _say(f"\nasg train: received {name}: stopping after the step in progress, with a checkpoint "
+                     f"(send {name} again to stop at once, without one)\n")
+                return
+            restore()  # a third signal gets the default behaviour
+            raise _Abort(signum)
+
+        for s in signums:
+            signal.signal(s, handler)
+        try:
+            yield
+        finally:
+            restore()
 
     def _ranks_in_sync(self) -> dict[str, Any]:
         """With several ranks: whether every rank ended with bit-identical trainable weights (a hash
@@ -145,7 +369,18 @@ class Trainer:
 
     def _status(self, state: str, **fields: Any) -> None:
         if self.dist.is_main:  # only rank 0 writes the run directory
+            skipped = getattr(self.pool, "skipped", None)
+            if skipped is not None:  # unreadable pool files: how many, and the first ones with the reason
+                fields.setdefault("images_skipped", skipped)
+                fields.setdefault("skipped_images", getattr(self.pool, "unreadable", {}) if skipped else {})
             self.run.write_status(state, **fields)
+
+    def _safe_status(self, state: str, **fields: Any) -> None:
+        """A status write on the way out: a failure to write it (the disk is full) must not hide the error."""
+        try:
+            self._status(state, **fields)
+        except OSError as exc:
+            _say(f"asg train: could not update status.json: {exc}\n")
 
     def train_step(self, step: int) -> dict[str, Any]:
         """One global step: its phase, image, rollouts and updates; appends the records."""
@@ -192,14 +427,22 @@ class Trainer:
         tensors = merge_flat(tensors, rng_t)
         state = {"step": self.step, "elapsed_sec": self.elapsed, "recipe": self.recipe.name,
                  "train_state": self.state.state_dict(), "updaters": {r: u.state_dict() for r, u in self.updaters.items()},
-                 "optimizers": optim_json, "rng": rng_j, "rank": self.dist.rank, "world_size": self.dist.world_size}
+                 "optimizers": optim_json, "rng": rng_j, "rank": self.dist.rank, "world_size": self.dist.world_size,
+                 "nonfinite_streak": self.nonfinite_streak}
         if not self.dist.is_main:
+            self._saved = (self.step, None)
             return None
-        return save_checkpoint(self.run.path, self.step, tensors=tensors, state=state,
+        path = save_checkpoint(self.run.path, self.step, tensors=tensors, state=state,
                                keep_last=self.recipe.run.keep_checkpoints)
+        self._saved = (self.step, path)
+        return path
 
     def resume(self, where: Any) -> int:
-        """Load a checkpoint (run dir, checkpoint dir or its state file); returns its step."""
+        """Load a checkpoint (run dir, checkpoint dir or its state file); returns its step. What a crash left
+        in this run's ``checkpoints/`` (a partial save) is tidied first."""
+        if self.run is not None and self.dist.is_main:
+            recover_interrupted_save(self.run.path)
+        self.dist.barrier()
         step, tensors, state = load_checkpoint(where)
         model = {k[len(MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
         self.backbone.load_trainable_state_dict(model)
@@ -214,6 +457,7 @@ class Trainer:
         self.step = int(step)
         self.started_from = self.step
         self.elapsed = float(state.get("elapsed_sec", 0.0))
+        self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
         if self.dist.is_main:
             self.run.truncate_after(self.step)
         return self.step

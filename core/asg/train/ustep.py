@@ -20,6 +20,12 @@ still see the pick alone.
 Each extra group member is scored like member 0 but with 1 greedy + 3 perturbed Solver answers
 (its own STE included, so every member of the group is on the same reward scale — a deviation
 from the reference, whose extras had no STE term).
+
+Reliability: every backbone call of the step goes through an :class:`asg.oom.OOMGuard` (a batch
+that runs out of memory is split and retried; ``oom_splits`` counts the splits), and malformed
+model output is counted, never raised on: ``malformed.proposer`` (outputs with no question in
+them: penalised as unparsed), ``malformed.solver`` (answers without a complete, non-empty answer
+tag: non-canonical / low-info penalties, §3.7).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from typing import Any
 
 import torch
 
+from asg.oom import OOMGuard
 from asg.rewards import (
     ProposerCase,
     SolverQuestion,
@@ -38,7 +45,7 @@ from asg.rewards import (
     solver_token_entropy,
     vote,
 )
-from asg.roles import Proposal, Proposer, Solver, SolverAnswers
+from asg.roles import Proposal, Proposer, Solver, SolverAnswers, SolverSample
 from asg.roles.templates import RoleTemplates
 from asg.train.policy import mean_kl, score_policy
 from asg.train.updater import UpdateResult
@@ -100,9 +107,23 @@ def _question_case(answers: SolverAnswers, state: Any, rcfg: Any, *, rejected: b
     return votes, difficulty, question, low_info_majority
 
 
+def malformed_answers(samples: Any) -> int:
+    """How many Solver samples have no complete, non-empty answer tag (``ParsedAnswer.malformed``)."""
+    return sum(s.answer.malformed for s in samples)
+
+
 def understanding_step(tr: Any, image: Any, step: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Run one U-step on ``image``; returns (metrics record, rollout record)."""
-    recipe, bb, st = tr.recipe, tr.backbone, tr.state
+    """Run one U-step on ``image``; returns (metrics record, rollout record).
+
+    Backbone calls that run out of memory are split (``oom_splits`` in the record, :mod:`asg.oom`)."""
+    guard = OOMGuard()
+    m, rollout = _understanding_step(tr, guard.wrap(tr.backbone), image, step)
+    m["oom_splits"] = guard.stats.splits
+    return m, rollout
+
+
+def _understanding_step(tr: Any, bb: Any, image: Any, step: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    recipe, st = tr.recipe, tr.state
     rcfg = recipe.rewards
     proposer, solver = Proposer(recipe.proposer.ask), Solver(recipe.solver.sample)
     rng = random.Random(tr.seed_for(step, "hint"))
@@ -116,11 +137,13 @@ def understanding_step(tr: Any, image: Any, step: int) -> tuple[dict[str, Any], 
         extras = proposer.propose(bb, [image], desired, samples_per_image=recipe.proposer.extra_samples,
                                   temperature=recipe.proposer.ask.extra_temperature, seed=tr.seed_for(step, "extras"))
     m.update({"proposer.n_candidates": len(main.candidates), "proposer.n_valid": len(main.valid_candidates),
-              "proposer.parse_fallback": float(main.parse.fallback)})
+              "proposer.parse_fallback": float(main.parse.fallback),
+              "malformed.proposer": sum(p.parse.malformed for p in [main, *extras])})
 
     # 2. Spot-check every candidate with one greedy Solver pass (one batched call)
     questions = [c.question for c in main.candidates]
     spot = solver.greedy(bb, [image] * len(questions), questions, seed=tr.seed_for(step, "spot"))
+    m["malformed.solver"] = malformed_answers(spot)
     raws = [_ste_raw(s, rcfg.ste) for s in spot]
     spot_buckets = [st.ste.spot_bucket(st.ste.quantile(r)) for r in raws]
     pick = _pick(main, raws, spot_buckets, desired)
@@ -136,7 +159,7 @@ def understanding_step(tr: Any, image: Any, step: int) -> tuple[dict[str, Any], 
         m.update({"proposer.reward": member0.values[0], "rejected": 1.0})
         solver_result = tr.updaters["solver"].skip("no_valid_question") if recipe.solver.update else UpdateResult.skipped("disabled")
         rollout.update({"question": None, "proposer_reward": member0.values[0]})
-        prop_result = _proposer_update(tr, step, image, [main, *extras], [member0.values[0]], extras_solver=solver, m=m)
+        prop_result = _proposer_update(tr, bb, step, image, [main, *extras], [member0.values[0]], extras_solver=solver, m=m)
         solver_result.record_into(m, "solver")
         prop_result.record_into(m, "proposer")
         return m, rollout
@@ -150,6 +173,7 @@ def understanding_step(tr: Any, image: Any, step: int) -> tuple[dict[str, Any], 
     all_answers = solver.answer(bb, [image] * len(solved), [main.candidates[k].question for k in solved],
                                 greedy=[spot[k] for k in solved], seed=tr.seed_for(step, "solve"))
     answers = all_answers[0]
+    m["malformed.solver"] += malformed_answers(_new_samples(all_answers))
     rejected = not cert.objective.objective
     votes, difficulty, squestion, low_info_majority = _question_case(answers, st, rcfg, rejected=rejected)
     st.threshold.update(votes.h_sc)
@@ -190,30 +214,35 @@ def understanding_step(tr: Any, image: Any, step: int) -> tuple[dict[str, Any], 
     elif not trained:
         solver_result = tr.updaters["solver"].skip(f"gate:{sreward.skip_reason}")
     else:
-        solver_result = _solver_update(tr, [a for a, _, _ in trained], [x for _, r, _ in trained for x in r],
+        solver_result = _solver_update(tr, bb, [a for a, _, _ in trained], [x for _, r, _ in trained for x in r],
                                        [majority for _, _, majority in trained])
-    prop_result = _proposer_update(tr, step, image, [main, *extras], [preward.values[0]], extras_solver=solver, m=m)
+    prop_result = _proposer_update(tr, bb, step, image, [main, *extras], [preward.values[0]], extras_solver=solver, m=m)
     solver_result.record_into(m, "solver")
     prop_result.record_into(m, "proposer")
     return m, rollout
 
 
-def _solver_update(tr: Any, answered: list[SolverAnswers], rewards: list[float], majorities: list[str]) -> UpdateResult:
+def _new_samples(answered: list[SolverAnswers]) -> list[SolverSample]:
+    """The samples of ``answered`` generated by the solve call (the reused spot-check answers left out)."""
+    return [s for a in answered for s in a.samples if s.pps_index != 0]
+
+
+def _solver_update(tr: Any, bb: Any, answered: list[SolverAnswers], rewards: list[float], majorities: list[str]) -> UpdateResult:
     """REINFORCE + KL over the N samples of each trained question, each under its own PPS prompt (§3.9, §5.1),
     plus ``solver.distill_weight`` × the cross-entropy of each majority answer under the canonical prompt."""
     upd = tr.updaters["solver"]
     adv = tr.state.solver_baseline.advantages(rewards)  # baseline read before each sample, then updated
     prompts = [p for a in answered for p in a.prompts]
     completions = [c for a in answered for c in a.completions]
-    passes = score_policy(tr.backbone, "solver", prompts, completions)
+    passes = score_policy(bb, "solver", prompts, completions)
     loss, diag = reinforce_loss(passes.logprobs, passes.mask, adv, kl=passes.kl, beta=upd.beta)
     extra: dict[str, float] = {}
     weight = tr.recipe.solver.distill_weight
     if weight > 0:
-        pairs = canonical_targets(answered, majorities, RoleTemplates.of(tr.backbone))
+        pairs = canonical_targets(answered, majorities, RoleTemplates.of(bb))
         if pairs:
-            with tr.backbone.use_role("solver"):
-                out = tr.backbone.score([p for p, _ in pairs], [list(c.token_ids) for _, c in pairs], grad=True)
+            with bb.use_role("solver"):
+                out = bb.score([p for p, _ in pairs], [list(c.token_ids) for _, c in pairs], grad=True)
             ce = -(out.logprobs * out.mask).sum(1).mean()
             loss = loss + weight * ce
             extra = {"distill_ce": float(ce.detach()), "distill_questions": float(len(pairs))}
@@ -254,7 +283,7 @@ def _member_reward(tr: Any, proposal: Proposal, k: int | None, answers: SolverAn
     return proposer_rewards([case], rcfg.proposer, tr.components("proposer")).values[0]
 
 
-def _proposer_update(tr: Any, step: int, image: Any, group: list[Proposal], rewards: list[float], *,
+def _proposer_update(tr: Any, bb: Any, step: int, image: Any, group: list[Proposal], rewards: list[float], *,
                      extras_solver: Solver, m: dict[str, Any]) -> UpdateResult:
     """Clipped group-relative step over member 0 and the extras (§3.10, §5.2; ratio vs. sampler, KL vs. reference)."""
     recipe = tr.recipe
@@ -265,15 +294,16 @@ def _proposer_update(tr: Any, step: int, image: Any, group: list[Proposal], rewa
     picks = [next((k for k, cert in enumerate(p.certificates) if cert.valid), None) for p in extras]
     asked = [i for i, k in enumerate(picks) if k is not None]
     questions = [extras[i].candidates[picks[i]].question for i in asked]
-    answered = extras_solver.answer(tr.backbone, [image] * len(asked), questions, indices=EXTRA_INDICES,
+    answered = extras_solver.answer(bb, [image] * len(asked), questions, indices=EXTRA_INDICES,
                                     seed=tr.seed_for(step, "extras_solve")) if asked else []
+    m["malformed.solver"] = m.get("malformed.solver", 0) + malformed_answers(s for a in answered for s in a.samples)
     by_member = dict(zip(asked, answered))
     rewards = rewards + [_member_reward(tr, p, picks[i], by_member.get(i)) for i, p in enumerate(extras)]
     m["proposer.group_rewards"] = rewards
     if len(group) < 2:
         return upd.skip("group_of_one")
     adv = group_advantages(torch.tensor(rewards, dtype=torch.float32), recipe.proposer.grpo)
-    passes = score_policy(tr.backbone, "proposer", [p.prompt for p in group], [p.completion for p in group])
+    passes = score_policy(bb, "proposer", [p.prompt for p in group], [p.completion for p in group])
     loss, diag = grpo_loss(passes.logprobs, passes.old_logprobs, adv, mask=passes.mask, kl=passes.kl,
                            beta=upd.beta, config=recipe.proposer.grpo)
     return upd.apply(loss, kl_mean=mean_kl(passes.kl, passes.mask),

@@ -503,8 +503,8 @@ HUB_FILES = ["*.json", "*.safetensors", "*.txt", "merges.txt", "vocab.json"]
 
 
 def resolve_checkpoint(model: str | Path) -> Path:
-    """A local checkpoint folder, or a hub id (``owner/name``) fetched with huggingface_hub when a
-    network exists. Nothing is downloaded for a path that exists."""
+    """A local checkpoint folder, or a hub id (``owner/name``) fetched with huggingface_hub when the user
+    set ``ASG_ALLOW_DOWNLOADS=1`` (asg.safety). Nothing is downloaded for a path that exists."""
     path = Path(model)
     if path.is_dir():
         return path
@@ -512,7 +512,7 @@ def resolve_checkpoint(model: str | Path) -> Path:
     looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~")) and not path.suffix
     if not looks_like_hub_id:
         raise DataError(f"BAGEL checkpoint folder {path} does not exist")
-    from huggingface_hub import snapshot_download
+    from asg.safety import snapshot_download  # refuses unless the user set ASG_ALLOW_DOWNLOADS=1
 
     try:
         return Path(snapshot_download(repo_id=text, allow_patterns=HUB_FILES))
