@@ -67,9 +67,11 @@ def collect(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     pool_dir = work / "pool"
     write_unlabeled_folder(pool_dir, n=args.images, seed=args.seed, split="pool")
     w = args.window
+    # each window's "enough samples" threshold is capped at the window (the recipe refuses a larger one)
     overrides = [f"seed={args.seed}", f"rewards.difficulty.iqr_window={w}", f"rewards.difficulty.target_window={w}",
-                 f"rewards.ste.window={w}", f"run.checkpoint_every={args.checkpoint_every}", "run.keep_checkpoints=2",
-                 *(args.set or [])]
+                 f"rewards.difficulty.iqr_min_samples={min(w, 32)}", f"rewards.difficulty.target_min_samples={min(w, 8)}",
+                 f"rewards.ste.window={w}", f"rewards.ste.min_window={min(w, 8)}",
+                 f"run.checkpoint_every={args.checkpoint_every}", "run.keep_checkpoints=2", *(args.set or [])]
     recipe = load_recipe(args.recipe, overrides)
     backbone = load_backbone(args)
     pool = ImagePool(pool_dir, seed=recipe.seed, image_size=backbone.image_size)
