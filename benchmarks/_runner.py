@@ -64,8 +64,7 @@ def load_backbone(args: argparse.Namespace) -> Any:
     Clear errors: an unknown backbone lists the registered ones (``asg.plugins``); a ``--run`` that does
     not exist is named before anything is loaded."""
     from asg.errors import ConfigError
-    from asg.train.cli import load_adapters
-    from asg.train.cli import load_backbone as _load
+    from asg.harness.common import load_named_backbone
 
     run = getattr(args, "run", None)
     if run is not None and not Path(run).exists():
@@ -73,12 +72,8 @@ def load_backbone(args: argparse.Namespace) -> Any:
     model = getattr(args, "model", None)
     if model is not None and not Path(model).exists():
         raise ConfigError(f"--model {model}: no such directory (checkpoints are only read from a local path)")
-    ns = argparse.Namespace(backbone=args.backbone, preset=getattr(args, "preset", None), model=model,
-                            dtype=getattr(args, "dtype", None), adapters=None)
-    backbone = _load(ns, device=default_device(args))
-    if run is not None:
-        load_adapters(backbone, Path(run))
-    return backbone
+    return load_named_backbone(args.backbone, preset=getattr(args, "preset", None), model=model, run=run,
+                               device=default_device(args), dtype=getattr(args, "dtype", None))
 
 
 def backbone_spec(args: argparse.Namespace) -> dict[str, Any]:

@@ -30,19 +30,18 @@ IncludePath = str | Path | Sequence[str | Path] | None
 def load_named_backbone(name: str, *, preset: str | None = None, model: str | Path | None = None,
                         run: str | Path | None = None, device: str = "cpu", dtype: str | None = None) -> Any:
     """The registered backbone ``name`` (``preset`` or local ``model`` checkpoint) on ``device``, with the
-    trained adapters of ``run`` (a run directory, a checkpoint, or a ``.safetensors`` adapter file)."""
-    from asg.plugins import get_backbone_class
-    from asg.train.cli import load_adapters
+    trained adapters of ``run`` (a run directory, a checkpoint, or a ``.safetensors`` adapter file). Loaded
+    as ``asg train`` loads it (:func:`asg.train.cli.load_backbone`), so plugin errors name the primitive."""
+    from types import SimpleNamespace
+
+    from asg.train.cli import load_backbone
 
     if model is not None and not Path(model).exists():
         raise ConfigError(f"model={model}: no such directory (checkpoints are only read from a local path)")
     if run is not None and not Path(run).exists():
         raise ConfigError(f"run={run}: no such run directory, checkpoint or adapter file")
-    kwargs = {"dtype": dtype} if dtype else {}
-    backbone = get_backbone_class(name).load(preset=preset, model=model, device=device, **kwargs)
-    if run is not None:
-        load_adapters(backbone, Path(run))
-    return backbone
+    spec = SimpleNamespace(backbone=name, preset=preset, model=model, dtype=dtype, adapters=run)
+    return load_backbone(spec, device=device)
 
 
 # -- images ---------------------------------------------------------------------------------------------
