@@ -8,6 +8,7 @@ and resumed with those of an uninterrupted run, bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -284,6 +285,51 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(pool: Path, tmp_pa
     assert load_recipe("demo").run.max_consecutive_skips == 20
 
 
+def test_nonfinite_sampling_skips_the_step_and_counts(pool: Path, tmp_path: Path) -> None:
+    """NaN logits while sampling text (U-step 1) and NaN latents while generating images (G-step 2) abandon
+    the step: no weight moves, the phase's roles skip with ``nonfinite_output``, the streak grows; the clean
+    U-step 3 updates and resets it, and the run completes (its limit, 3, is never reached)."""
+    tr = _trainer(pool, tmp_path / "run", 3, [*SETS, "run.max_consecutive_skips=3", "run.checkpoint_every=0"])
+    assert set(tr.updaters) == {"proposer", "solver", "generator"}
+    mode = {"logits": False, "latents": False}
+    nan = float("nan")
+    net = tr.backbone.net
+    # generation runs without gradients; the updates' scoring (with gradients) is left alone
+    net["vlm"].get_output_embeddings().register_forward_hook(
+        lambda m, i, out: out * nan if mode["logits"] and not torch.is_grad_enabled() else out)
+    net["gen"].register_forward_hook(lambda m, i, out: out * nan if mode["latents"] and not torch.is_grad_enabled() else out)
+    step_fn = tr.train_step
+    seen: dict[int, tuple[dict, bool, int]] = {}
+
+    def watched(step: int) -> dict:
+        mode["logits"], mode["latents"] = step == 1, step == 2
+        streak = tr.nonfinite_streak
+        before = tr.backbone.trainable_state_dict()
+        with pytest.warns(UserWarning, match="non-finite") if step < 3 else contextlib.nullcontext():
+            record = step_fn(step)
+        after = tr.backbone.trainable_state_dict()
+        seen[step] = (record, all(torch.equal(before[k], after[k]) for k in before), streak)
+        return record
+    tr.train_step = watched  # type: ignore[method-assign]
+    tr.train()
+    r1, r2, r3 = (seen[s][0] for s in (1, 2, 3))
+    assert r1["phase"] == "U" and r2["phase"] == "G" and r3["phase"] == "U"
+    for role in ("proposer", "solver"):
+        assert (r1[f"{role}.stepped"], r1[f"{role}.skip_reason"]) == (False, "nonfinite_output"), r1
+    assert (r2["generator.stepped"], r2["generator.skip_reason"]) == (False, "nonfinite_output"), r2
+    assert r1["nonfinite_output"] == 1 and r2["nonfinite_output"] == 1 and "nonfinite_output" not in r3
+    assert seen[1][1] and seen[2][1], "a skipped step changed weights"
+    assert r3["proposer.stepped"] and not seen[3][1]
+    # the streak before steps 1, 2, 3 (the loop counts it after each step), and after step 3
+    assert [seen[s][2] for s in (1, 2, 3)] == [0, 1, 2] and tr.nonfinite_streak == 0
+    assert tr.updaters["solver"].skips.get("nonfinite_output") == 1
+    assert tr.updaters["generator"].skips.get("nonfinite_output") == 1
+    rollouts = read_jsonl(tmp_path / "run" / "rollouts.jsonl").records
+    assert "logits of generated token" in rollouts[0]["nonfinite_output"]
+    assert "generated latents" in rollouts[1]["nonfinite_output"]
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["state"] == "completed"
+
+
 def test_fault_point_fires_only_where_asked(monkeypatch: pytest.MonkeyPatch) -> None:
     """ASG_FAULT_INJECT lists points (optionally @STEP); fault_point SIGKILLs only there, and is inert unset."""
     kills: list[int] = []
@@ -416,3 +462,60 @@ def test_status_lists_skipped_images(tmp_path: Path) -> None:
     assert status["images_skipped"] == 22 and len(status["skipped_images"]) == 20
     first = status["skipped_images"][0]
     assert first["path"].startswith(str(folder)) and "broken_" in first["path"] and first["reason"]
+
+
+def test_check_finite_names_what_and_rows() -> None:
+    """check_finite passes finite values (and -inf when allowed), and names the tensor, count, kinds, rows."""
+    from asg.errors import NonFiniteError
+    from asg.updates.guards import check_finite
+
+    inf = float("inf")
+    check_finite(torch.tensor([[0.0, -inf]]), "logits", allow_neg_inf=True)
+    with pytest.raises(NonFiniteError, match=r"^logits hold 1 non-finite value\(s\) \(-inf\) in row\(s\) 0 of 1$"):
+        check_finite(torch.tensor([[0.0, -inf]]), "logits")
+    x = torch.zeros(3, 4)
+    x[1, 2], x[2, 0], x[2, 1] = float("nan"), inf, float("nan")
+    with pytest.raises(NonFiniteError, match=r"logits hold 3 non-finite value\(s\) \(NaN/\+inf\) in row\(s\) 1, 2 of 3"):
+        check_finite(x, "logits", allow_neg_inf=True)
+
+
+def test_a_plugins_sampler_refusing_nan_probabilities_is_a_nonfinite_output() -> None:
+    """torch.multinomial's error on NaN probabilities inside a guarded primitive becomes NonFiniteError
+    (the trainer skips the step), while other plugin errors stay BackboneError."""
+    from asg.errors import BackboneError, NonFiniteError
+    from asg.plugins import guard_backbone
+
+    class Sampler:
+        def generate_text(self, prompts, sampling, **kw):  # noqa: ANN001, ANN003, ANN201
+            return torch.multinomial(torch.tensor([[float("nan"), 1.0]]), 1)
+
+        def score(self, *a, **kw):  # noqa: ANN002, ANN003, ANN201
+            raise RuntimeError("shape mismatch")
+
+    bb = guard_backbone(Sampler(), "nan-sampler")
+    with pytest.raises(NonFiniteError, match="'nan-sampler'.*generate_text sampled from non-finite probabilities") as err:
+        bb.generate_text([], None)
+    assert isinstance(err.value.__cause__, RuntimeError)
+    with pytest.raises(BackboneError, match="shape mismatch"):
+        bb.score()
+
+
+def test_resume_command_of_a_python_started_run_rebuilds_its_recipe(pool: Path, tmp_path: Path) -> None:
+    """Outside the CLI the resume command carries the run's --set overrides (and backbone, images), so it
+    rebuilds the very recipe; a recipe that no registered name plus --set can rebuild goes to recipe.json."""
+    tr = _trainer(pool, tmp_path / "run", 3, [*U_ONLY, "solver.lr=0.0003"])
+    argv = shlex.split(tr.resume_command())
+    assert argv[:8] == ["asg", "train", "--backbone", "tiny", "--images", str(pool), "--recipe", "demo"]
+    assert argv[-2:] == ["--resume", str(tmp_path / "run")]
+    sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+    assert "solver.lr=0.0003" in sets and "schedule.steps=3" in sets and "generator.update=false" in sets
+    assert load_recipe("demo", sets).to_dict() == tr.recipe.to_dict()
+    assert not (tmp_path / "run" / "recipe.json").exists()
+
+    file_recipe = tmp_path / "mine.json"
+    file_recipe.write_text(json.dumps({**tr.recipe.to_dict(), "name": "mine"}))
+    tr.recipe = load_recipe(file_recipe)  # a file's name ("mine") is no registered recipe
+    argv = shlex.split(tr.resume_command())
+    written = tmp_path / "run" / "recipe.json"
+    assert argv[argv.index("--recipe") + 1] == str(written) and "--set" not in argv
+    assert load_recipe(written).to_dict() == tr.recipe.to_dict()

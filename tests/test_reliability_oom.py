@@ -169,3 +169,23 @@ def test_a_step_splits_and_records_it(tiny: TinyBackbone, tmp_path: Path, monkey
     assert m["oom_splits"] > 0 and max(sizes) > 2
     assert m["oom_splits"] == sum(1 for s in sizes if s > 2)
     assert len(rollout["candidates"]) == len(rollout["spot_ste"])
+
+
+def test_the_recipe_floor_wins_over_the_environment(tiny: TinyBackbone, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """``run.oom_floor`` = 8: a call of at most 8 items that runs out of memory fails at once (no split),
+    whatever ASG_OOM_FLOOR says; 0 (the default) leaves the floor to the environment."""
+    write_unlabeled_folder(tmp_path, n=1, seed=3, split="pool")
+    image = Image.open(next(tmp_path.glob("*.png"))).convert("RGB")
+    sets = ["proposer.ask.max_new_tokens=24", "solver.sample.max_new_tokens=6", "solver.sample.n=4",
+            "solver.questions_per_step=1", "proposer.update=false"]
+    assert load_recipe("demo").run.oom_floor == 0
+    trainer = Trainer(tiny, load_recipe("demo", [*sets, "run.oom_floor=8"]), pool=None, run=None)
+    sizes: list[int] = []
+    monkeypatch.setattr(tiny, "generate_text", _limit(tiny.generate_text, 2, sizes))
+    monkeypatch.setenv("ASG_OOM_FLOOR", "1")
+    with pytest.raises(BatchOutOfMemoryError, match=r"floor 8"):
+        understanding_step(trainer, image, 1)
+    assert 2 < sizes[-1] <= 8  # the call that ran out was not split: the last try is the whole batch
+    with pytest.raises(Exception, match="run.oom_floor"):
+        load_recipe("demo", ["run.oom_floor=-1"])

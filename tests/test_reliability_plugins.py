@@ -76,6 +76,10 @@ MODEL = """
     class FaultyTiny(TinyBackbone):
         name = "faulty-tiny"
 
+        @classmethod
+        def load(cls, preset=None, model=None, **kwargs):  # the smoke test asks for preset "full" and a folder
+            return super().load(preset=None if preset == "full" else preset, **kwargs)
+
         def generate_text(self, prompts, sampling, *, seed=None):
             raise ValueError("boom")
 """
@@ -200,3 +204,14 @@ def test_train_with_a_failing_backbone_reports_it_and_marks_the_run_failed(fault
     assert message in capsys.readouterr().err
     status = json.loads((out / "status.json").read_text())
     assert status["state"] == "failed" and message in status["last_error"]
+
+
+def test_eval_and_the_smoke_test_attribute_a_failing_backbone(faulty, tmp_path, capsys) -> None:
+    """`asg eval` and asg.testing.smoke load through the same guarded loader as `asg train`."""
+    from asg.testing.smoke import run as smoke_run
+
+    assert main(["eval", "--backbone", "faulty-tiny", "--questions", "2", "--per-tag", "1"]) == 2
+    # (eval's call passes return_stats, which the faulty signature refuses: a TypeError, attributed the same)
+    assert f"asg eval: error: backbone 'faulty-tiny' from {WHO} raised in generate_text: " in capsys.readouterr().err
+    with pytest.raises(BackboneError, match=r"^backbone 'faulty-tiny' from .* raised in generate_text: ValueError: boom"):
+        smoke_run("faulty-tiny", tmp_path / "model", tmp_path / "smoke", 64, 1, device="cpu", dtype="float32")

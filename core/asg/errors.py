@@ -47,5 +47,12 @@ class CapabilityError(AsgError):
     """A backbone was asked for something its declared capabilities exclude."""
 
 
+class NonFiniteError(AsgError, FloatingPointError):
+    """A model output that a step samples from (logits, latents) holds NaN or +inf.
+
+    The trainer abandons the step: every role not yet updated in it skips with ``nonfinite_output``, and
+    the step counts towards ``run.max_consecutive_skips`` (:func:`asg.updates.guards.check_finite`)."""
+
+
 class DataError(AsgError, ValueError):
     """Input data (images, folders, files) is unusable."""

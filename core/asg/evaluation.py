@@ -199,11 +199,10 @@ def write_report(results: dict[str, Any], out: Path, *, title: str, vqa_images: 
 
 
 def evaluate_shapes_cli(args: Any) -> dict[str, Any]:
-    from asg.plugins import get_backbone_class
     from asg.progress import progress_bar
+    from asg.train.cli import load_backbone
 
-    cls = get_backbone_class(args.backbone)
-    backbone = cls.load(preset=args.preset, model=args.model)
+    backbone = load_backbone(args)  # plugin errors name the backbone, plugin and primitive
     with progress_bar(total=None, desc="evaluating") as bar:
         def report(phase: str, i: int, n: int) -> None:
             bar.set(phase=phase, done=f"{i}/{n}")

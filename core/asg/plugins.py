@@ -34,7 +34,7 @@ import pluggy
 
 from asg import hookspecs
 from asg._validate import did_you_mean
-from asg.errors import AsgError, BackboneError, DuplicateNameError, PluginError, UnknownNameError
+from asg.errors import AsgError, BackboneError, DuplicateNameError, NonFiniteError, PluginError, UnknownNameError
 
 ENTRY_POINT_GROUP = "asg"
 # Built-in plugins, registered after third-party ones exactly like them (llm's DEFAULT_PLUGINS).
@@ -347,9 +347,17 @@ def _out_of_memory(exc: Exception) -> bool:
             or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()))
 
 
+# torch.multinomial's refusal of NaN/inf probabilities: a numerical fault of the model's output, which the
+# trainer skips like asg's own NonFiniteError, not a bug of the plugin's code
+_NONFINITE_SAMPLING = "probability tensor contains either"
+
+
 def _reraise(exc: Exception, backbone: str, plugin: str, primitive: str) -> NoReturn:
     if isinstance(exc, AsgError) or _out_of_memory(exc):
         raise exc
+    if isinstance(exc, RuntimeError) and _NONFINITE_SAMPLING in str(exc):
+        raise NonFiniteError(f"backbone {backbone!r} from {plugin}: {primitive} sampled from non-finite "
+                             f"probabilities ({exc})") from exc
     err = BackboneError(f"backbone {backbone!r} from {plugin} raised in {primitive}: {type(exc).__name__}: {exc}")
     err.backbone, err.plugin, err.primitive = backbone, plugin, primitive
     raise err from exc

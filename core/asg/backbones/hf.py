@@ -22,6 +22,7 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList,
 
 from asg.kernels import linear_token_stats, token_stats
 from asg.types import Completion, SamplingParams, ScoreOutput, TokenStats
+from asg.updates.guards import check_finite
 
 
 class SuppressTokens(LogitsProcessor):
@@ -36,6 +37,18 @@ class SuppressTokens(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         scores[:, self.token_ids] = float("-inf")
+        return scores
+
+
+class FiniteLogits(LogitsProcessor):
+    """Refuses to sample from NaN or +inf logits: raises :class:`~asg.errors.NonFiniteError` naming the
+    generation step and rows (torch's sampler would fail with an opaque error or emit garbage)."""
+
+    def __init__(self, prompt_len: int) -> None:
+        self.prompt_len = prompt_len
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        check_finite(scores, f"logits of generated token {input_ids.shape[1] - self.prompt_len}", allow_neg_inf=True)
         return scores
 
 
@@ -75,7 +88,7 @@ class PerRowWarper(LogitsProcessor):
 
 
 class StatsRecorder(LogitsProcessor):
-    """Reduces each step's raw logits to token statistics; must be the first processor."""
+    """Reduces each step's raw logits to token statistics; must come before any processor that edits the scores."""
 
     def __init__(self) -> None:
         self.rows: list[tuple[torch.Tensor, ...]] = []  # per step: (entropy, logprob, lse, top1, t1, t2) each (B,)
@@ -149,7 +162,8 @@ def generate_with_stats(
     max_new = torch.tensor([p.max_new_tokens for p in params], device=device)
     recorder = StatsRecorder() if return_stats else None
     suppress = [SuppressTokens(suppress_token_ids)] if suppress_token_ids else []
-    chain = LogitsProcessorList(([recorder] if recorder else []) + suppress + list(processors) + [PerRowWarper(params, device)])
+    chain = LogitsProcessorList([FiniteLogits(prompt_len)] + ([recorder] if recorder else []) + suppress + list(processors)
+                                + [PerRowWarper(params, device)])
     # An explicit config: no hidden defaults (HF's top_k=50 would otherwise apply to sampling).
     config = GenerationConfig(
         do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=int(max_new.max()),

@@ -32,14 +32,15 @@ def run(backbone: str, model: Path, out: Path, size: int, steps: int, *, device:
 
     from asg.cli import main as asg_main
     from asg.shapes import render, scene_for
-    from asg.plugins import get_backbone_class
+    from asg.train.cli import load_backbone
     from asg.types import Prompt, SamplingParams
 
     out.mkdir(parents=True, exist_ok=True)
     cuda = device.startswith("cuda")
     report: dict[str, Any] = {"backbone": backbone, "model": str(model), "device": torch.cuda.get_device_name(0) if cuda else device, "dtype": dtype}
     t = time.time()
-    bb = get_backbone_class(backbone).load(preset="full", model=model, device=device, dtype=dtype)
+    # through asg's loader, so that an error in the plugin's load or a primitive names plugin and primitive
+    bb = load_backbone(argparse.Namespace(backbone=backbone, preset="full", model=model, dtype=dtype), device=device)
     report["load_s"] = round(time.time() - t, 1)
     report["weights_gib"] = _peak_gib(device)
 

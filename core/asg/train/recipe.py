@@ -121,8 +121,11 @@ class RunConfig:
     keep_checkpoints: int = _pos(3)  # newest K kept
     sample_every: int = _pos(50, 0)  # write G-step images every this many steps (0 = never)
     # stop the run (with a checkpoint, state "failed") after this many consecutive steps whose update was
-    # skipped for a non-finite loss or gradient (0 = never stop)
+    # skipped for a non-finite loss, gradient or model output (0 = never stop)
     max_consecutive_skips: int = _pos(20, 0)
+    # out of memory in a batched backbone call: halve the batch and retry down to this many items (asg.oom);
+    # 0 = the ASG_OOM_FLOOR environment variable, else 1
+    oom_floor: int = _pos(0, 0)
 
 
 @attrs.frozen(kw_only=True)

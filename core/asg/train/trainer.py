@@ -11,14 +11,16 @@ so a resumed run reproduces the uninterrupted one exactly on the same hardware.
 Faults (docs/training.md, "Faults and interruptions"): before the first step the run directory must be
 writable with room for a checkpoint; SIGTERM or SIGINT stops the run after the step in progress with a
 checkpoint and raises :class:`TrainingStopped` carrying the resume command (a second signal stops it at
-once); ``run.max_consecutive_skips`` steps in a row with non-finite losses or gradients stop it the same
-way, as "failed".
+once); a step whose sampling meets NaN/inf logits or latents (:class:`~asg.errors.NonFiniteError`) is
+abandoned and its roles skip their updates; ``run.max_consecutive_skips`` steps in a row with non-finite
+losses, gradients or model outputs stop it the same way, as "failed".
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shlex
 import signal
@@ -32,7 +34,7 @@ from typing import Any
 
 import torch
 
-from asg.errors import AsgError
+from asg.errors import AsgError, NonFiniteError
 from asg.progress import progress_bar
 from asg.rewards import DifficultyTarget, EasyThreshold, SteNormalizer, resolve_components
 from asg.train.checkpoint import (
@@ -44,10 +46,24 @@ from asg.train.recipe import Recipe, phase_of
 from asg.train.run import RunWriteError, check_writable, disk_free, human_bytes
 from asg.train.updater import RoleUpdater
 from asg.train.ustep import understanding_step
-from asg.updates import EMABaseline
+from asg.updates import NONFINITE_OUTPUT, EMABaseline
 
 MODEL_PREFIX = "model."
-NONFINITE = ("nonfinite_loss", "nonfinite_grad")  # the skip codes (asg.updates.guards) run.max_consecutive_skips counts
+# the skip codes (asg.updates.guards) run.max_consecutive_skips counts
+NONFINITE = ("nonfinite_loss", "nonfinite_grad", NONFINITE_OUTPUT)
+
+
+def _leaf_changes(base: Any, mine: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted path, value) of every leaf of ``mine`` that ``base`` lacks or holds differently."""
+    if isinstance(mine, dict) and isinstance(base, dict):
+        out: list[tuple[str, Any]] = []
+        for k, v in mine.items():
+            out += _leaf_changes(base.get(k, _MISSING), v, f"{prefix}{k}.")
+        return out
+    return [] if base == mine else [(prefix[:-1], mine)]
+
+
+_MISSING = object()
 
 
 class TrainingStopped(AsgError):
@@ -125,7 +141,7 @@ class Trainer:
             for role, cfg in lrs.items() if cfg.update and role in backbone.roles
         }
         self.elapsed = 0.0
-        self.nonfinite_streak = 0  # consecutive steps with a non-finite loss or gradient (checkpointed)
+        self.nonfinite_streak = 0  # consecutive steps with a non-finite loss, gradient or output (checkpointed)
         self._last_nonfinite = ""
         self._signal: int | None = None  # the first SIGINT/SIGTERM received during train()
         self._saved: tuple[int, Any] | None = None  # (step, path) of the last checkpoint this process wrote
@@ -257,8 +273,29 @@ class Trainer:
                     kept.append(arg)
             return shlex.join(["asg", "train", *kept, "--resume", run_dir])
         folder = getattr(self.pool, "folder", None)
-        return shlex.join(["asg", "train", "--images", str(folder or "IMAGES"), "--recipe", self.recipe.name,
-                           "--resume", run_dir])
+        backbone = str(getattr(self.backbone, "name", "") or "tiny")
+        return shlex.join(["asg", "train", "--backbone", backbone, "--images", str(folder or "IMAGES"),
+                           *self._recipe_args(), "--resume", run_dir])
+
+    def _recipe_args(self) -> list[str]:
+        """``--recipe NAME --set ...`` that rebuild this run's recipe (the fields where it differs from the
+        registered one); when that cannot rebuild it (a recipe file, a removed component), the recipe is
+        written whole to ``recipe.json`` in the run directory and ``--recipe`` names that file."""
+        from asg.train.recipe import load_recipe
+
+        mine = self.recipe.to_dict()
+        try:
+            base = load_recipe(self.recipe.name).to_dict()
+            sets = [f"{k}={json.dumps(v)}" for k, v in _leaf_changes(base, mine)]
+            if load_recipe(self.recipe.name, sets).to_dict() == mine:
+                return ["--recipe", self.recipe.name, *[x for item in sets for x in ("--set", item)]]
+        except AsgError:
+            pass
+        if self.run is None:
+            return ["--recipe", "RECIPE.json"]
+        path = self.run.path / "recipe.json"
+        path.write_text(json.dumps(mine, indent=1) + "\n")
+        return ["--recipe", str(path)]
 
     def _streak(self) -> dict[str, int]:
         return {"nonfinite_streak": self.nonfinite_streak}
@@ -287,7 +324,7 @@ class Trainer:
         path = self._saved[1] if self._saved is not None and self._saved[0] == self.step else self.save()
         command = self.resume_command()
         if failing:
-            reason = (f"{self.nonfinite_streak} consecutive steps had non-finite losses or gradients (last: "
+            reason = (f"{self.nonfinite_streak} consecutive steps had non-finite losses, gradients or model outputs (last: "
                       f"{self._last_nonfinite}); run.max_consecutive_skips = {limit}")
             message = (f"stopped after step {step}: {reason}. Their updates were skipped, so no weight is non-finite; "
                        f"checkpoint {path}. Lower the learning rates (--set solver.lr=...) or train in float32, "
@@ -388,10 +425,14 @@ class Trainer:
         phase = phase_of(step, self.recipe.schedule)
         path, image = self.pool.image_for(step, self.dist.rank, self.dist.world_size)
         images: list[Any] = []
-        if phase == "U":
-            metrics, rollout = understanding_step(self, image, step)
-        else:
-            metrics, rollout, images = generation_step(self, image, step)
+        decisions = self._decisions()
+        try:
+            if phase == "U":
+                metrics, rollout = understanding_step(self, image, step)
+            else:
+                metrics, rollout, images = generation_step(self, image, step)
+        except NonFiniteError as exc:
+            metrics, rollout = self._abandon_step(phase, exc, decisions), {"nonfinite_output": str(exc)}
         self._sync_scalars()
         record = {"step": step, "phase": phase, "image": str(path), "step_time_sec": time.time() - t0,
                   **{f"{r}.beta": u.beta for r, u in self.updaters.items()},
@@ -404,6 +445,25 @@ class Trainer:
             if images and every and step % every == 0:
                 self.run.save_images(step, images, [f"cand_{i}_r{r:.3f}" for i, r in enumerate(rollout.get("rewards", []))])
         return record
+
+    def _decisions(self) -> dict[str, int]:
+        """How many update decisions (steps and skips) each role has taken so far."""
+        return {r: u.steps + sum(u.skips.values()) for r, u in self.updaters.items()}
+
+    def _abandon_step(self, phase: str, exc: NonFiniteError, before: dict[str, int]) -> dict[str, Any]:
+        """A model output of this step was NaN/inf (:class:`NonFiniteError`): the step stops where it was.
+        Each role of the phase that had not yet taken its update decision skips it as ``nonfinite_output``
+        (its weights untouched; with several ranks it still joins the gradient all-reduce), and the step
+        counts towards ``run.max_consecutive_skips``."""
+        roles = ("proposer", "solver") if phase == "U" else ("generator",)
+        metrics: dict[str, Any] = {"nonfinite_output": 1}
+        for role in roles:
+            upd = self.updaters.get(role)
+            if upd is None or upd.steps + sum(upd.skips.values()) > before.get(role, 0):
+                continue  # disabled, or decided before the failure (its record is lost with the step's)
+            upd.skip(NONFINITE_OUTPUT).record_into(metrics, role)
+        warnings.warn(f"step {self.step + 1}: {exc}; the step is skipped", stacklevel=2)
+        return metrics
 
     def _sync_scalars(self) -> None:
         """Baselines and β are averaged across ranks after every step (§3.1, §5.1)."""

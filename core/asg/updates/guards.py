@@ -2,6 +2,8 @@
 
 The trainer calls :func:`skip_reason` after ``backward()`` and before ``step()``; on a reason it zeros
 the gradients, skips the step and counts the reason's ``code`` (recipe: every update decision logged).
+Samplers call :func:`check_finite` on what they sample from; its :class:`~asg.errors.NonFiniteError`
+makes the trainer abandon the step (code ``nonfinite_output``) instead of failing the run.
 """
 
 from __future__ import annotations
@@ -12,7 +14,11 @@ from collections.abc import Iterable, Mapping
 import attrs
 import torch
 
+from asg.errors import NonFiniteError
+
 SKIP_CODES: tuple[str, ...] = ("nonfinite_loss", "nonfinite_grad", "no_grad")
+# the code of a role whose update a step never reached because a model output was non-finite
+NONFINITE_OUTPUT = "nonfinite_output"
 
 
 @attrs.frozen
@@ -65,4 +71,23 @@ def skip_reason(
     return None
 
 
-__all__ = ["SKIP_CODES", "SkipReason", "skip_reason"]
+def check_finite(values: torch.Tensor, what: str, *, allow_neg_inf: bool = False) -> None:
+    """Raise :class:`~asg.errors.NonFiniteError` naming ``what`` when ``values`` holds NaN or +inf (or -inf,
+    unless ``allow_neg_inf``: masked logits are -inf on purpose). For a batch (first dimension), the
+    message lists the affected rows."""
+    bad = torch.isnan(values) | (values == float("inf"))
+    if not allow_neg_inf:
+        bad |= values == float("-inf")
+    if not bool(bad.any()):
+        return
+    where = ""
+    if values.dim() >= 2:
+        rows = bad.reshape(bad.shape[0], -1).any(-1).nonzero()[:, 0].tolist()
+        shown = ", ".join(map(str, rows[:8])) + (", ..." if len(rows) > 8 else "")
+        where = f" in row(s) {shown} of {values.shape[0]}"
+    kinds = [k for k, hit in (("NaN", torch.isnan(values).any()), ("+inf", (values == float("inf")).any()),
+                              ("-inf", (not allow_neg_inf) and (values == float("-inf")).any())) if bool(hit)]
+    raise NonFiniteError(f"{what} hold {int(bad.sum())} non-finite value(s) ({'/'.join(kinds)}){where}")
+
+
+__all__ = ["NONFINITE_OUTPUT", "SKIP_CODES", "SkipReason", "check_finite", "skip_reason"]

@@ -27,6 +27,7 @@ from asg.backbones.tiny.modules import FlowHead, build_vae, build_vlm
 from asg.backbones.tiny.tokenizer import EOS, IMAGE, PAD, chat, load_tokenizer
 from asg.errors import CapabilityError, ConfigError, DataError
 from asg.protocol import Preset
+from asg.updates.guards import check_finite
 from asg.types import (
     ROLES,
     Completion,
@@ -325,6 +326,7 @@ class TinyBackbone(AdapterBackbone):
                 t = ts[i].expand(len(prompts)).to(self._param_dtype())
                 v = self._velocity(x, t, cond, g)
                 x = x + (ts[i + 1] - ts[i]) * v
+        check_finite(x, "generated latents")  # a NaN image would train the generator on garbage
         images = self.decode_latents(x)
         return [
             GeneratedImage(image=images[i], prompt=p, seed=base + i,

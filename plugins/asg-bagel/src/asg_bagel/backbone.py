@@ -34,6 +34,7 @@ from asg.errors import CapabilityError, ConfigError, DataError
 from asg.kernels import linear_token_stats, token_stats
 from asg.protocol import Preset
 from asg.types import ROLES, Completion, FlowTrace, GeneratedImage, LossOutput, Prompt, SamplingParams, ScoreOutput, TokenStats
+from asg.updates.guards import check_finite
 from asg_bagel import autoencoder as ae_mod
 from asg_bagel import configs
 from asg_bagel.language import KVCache
@@ -302,6 +303,7 @@ class BagelBackbone(AdapterBackbone):
                 h = lm(x, [1] * len(active), torch.tensor([pos[i] + step for i in active]), cache=cache, update_cache=True)
                 logits = lm.lm_head(h).float()  # (A, V) raw logits
                 logits = logits[:, :len(self.tokenizer)] if logits.shape[-1] > len(self.tokenizer) else logits
+                check_finite(logits, f"logits of generated token {step}", allow_neg_inf=True)
                 allowed = logits.clone()
                 allowed[:, forbidden] = float("-inf")  # structure tokens are never sampled into an answer
                 warped = PerRowWarper([params[i] for i in active], logits.device)(None, allowed)

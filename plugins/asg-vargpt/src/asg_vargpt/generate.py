@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from asg.errors import ConfigError
+from asg.updates.guards import check_finite
 
 from .infinity import InfinityCache, VargptImageHead, rope2d_cos_sin
 
@@ -145,6 +146,7 @@ def sample_bits(logits: Tensor, *, top_k: int, top_p: float, generator: torch.Ge
     generator seeded alike reproduces upstream's draws.
     """
     b, length, v = logits.shape
+    check_finite(logits, "bit logits of the image tokens", allow_neg_inf=True)
     pairs = logits.reshape(b, length * (v // 2), 2).clone()  # [B, L*d, 2]
     if top_k > 0:
         kth = pairs.topk(min(top_k, 2), dim=-1).values.amin(dim=-1, keepdim=True)
