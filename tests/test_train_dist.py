@@ -120,6 +120,8 @@ def test_two_ranks_over_gloo(tmp_path):
         assert rec["n_with_grad"] == 2
         assert rec["grads_small_buckets"] == rec["grads"]  # one param per all-reduce gives the same means
         assert "different parameter lists on different ranks" in rec["mismatch"]
+        assert "different parameter lists on different ranks" in rec["key_mismatch"]
+        assert ("solver" if rec["rank"] == 0 else "proposer") in rec["key_mismatch"]
     # §2: step s, rank r reads indices[((s - 1) * 2 + r) % 5] -> rank 0: 0, 2, 4; rank 1: 1, 3, 0
     pool = ImagePool(images, seed=5)
     want = {0: [0, 2, 4], 1: [1, 3, 0]}
@@ -167,6 +169,12 @@ def _worker(out: Path, images: Path) -> None:
         rec["mismatch"] = None
     except ConfigError as exc:
         rec["mismatch"] = str(exc)
+    try:  # equally shaped lists of two roles: the key tells them apart
+        d.average_gradients(params(), key="solver" if r == 0 else "proposer")
+        rec["key_mismatch"] = None
+    except ConfigError as exc:
+        rec["key_mismatch"] = str(exc)
+    d.average_gradients(params(), key="solver")  # the same key everywhere still works after the refusal
 
     pool = ImagePool(images, seed=5)
     rec["pool"] = [str(pool.image_for(step, r, d.world_size).path) for step in (1, 2, 3)]

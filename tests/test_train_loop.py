@@ -132,6 +132,32 @@ def test_two_process_run(pool: Path, tmp_path: Path) -> None:
     assert rows[0]["image"] == str(pool_.path_for(1, 0, 2)) != str(pool_.path_for(1, 1, 2))
 
 
+def test_two_process_run_survives_a_nonfinite_step_on_one_rank(pool: Path, tmp_path: Path) -> None:
+    """A non-finite output on rank 1 in U-step 1 and on rank 0 in G-step 2 (ASG_FAULT_INJECT): the failing
+    rank skips its roles' updates but joins the gradient all-reduce, so nothing hangs, the other rank's
+    update is shared, and both ranks end with bit-identical adapters."""
+    out = tmp_path / "ddp_nan"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "HF_HOME": str(tmp_path / "hf"),
+           "ASG_PROGRESS": "0", "ASG_FAULT_INJECT": "nonfinite@1/1,nonfinite@2/0"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_free_port()), "-m", "asg", "train", "--backbone", "tiny",
+           "--images", str(pool), "--recipe", "demo", "--steps", "3", "--out", str(out),
+           *[x for item in SHORT if not item.startswith("schedule.steps") for x in ("--set", item)],
+           "--set", "schedule.understanding=1", "--set", "schedule.generation=1"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "step 1: ASG_FAULT_INJECT: injected non-finite logits at step 1 on rank 1" in proc.stderr
+    rows = _metrics(out)  # rank 0's records
+    assert [r["phase"] for r in rows] == list("UGU")
+    assert "nonfinite_output" not in rows[0] and rows[0]["proposer.stepped"] is True  # rank 0 stepped, rank 1 joined
+    g = rows[1]  # rank 0 skipped; when rank 1 updated, its gradients made the shared step on both
+    assert (g["generator.skip_reason"], g["nonfinite_output"]) == ("nonfinite_output", 1)
+    assert not g["generator.stepped"] or g["generator.synced_only"] == 1.0
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "completed" and status["metrics"]["ranks_in_sync"] is True
+
+
 def test_cli_ask_and_generate(tmp_path: Path, pool: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`asg ask` prints questions, the N answers with votes, H_sc, STE; `asg generate` writes PNGs."""
     from asg.cli import main

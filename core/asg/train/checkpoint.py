@@ -41,7 +41,7 @@ from asg.train.flat import (  # noqa: F401  (re-exported: the trainer imports th
 from asg.train.run import RunDir, RunWriteError, _fsync_dir, atomic_write_text, now_iso, step_name, write_failed
 
 __all__ = [
-    "FAULT_ENV", "SAVE_OK", "CheckpointError", "CheckpointInfo", "Loaded", "fault_point", "find_checkpoint",
+    "FAULT_ENV", "SAVE_OK", "CheckpointError", "CheckpointInfo", "Loaded", "fault_point", "nonfinite_point", "find_checkpoint",
     "latest_checkpoint", "list_checkpoints", "load_checkpoint", "recover_interrupted_save", "save_checkpoint",
     # from asg.train.flat
     "flatten_tree", "merge_flat", "optimizer_from_flat", "optimizer_to_flat", "rng_state", "set_rng_state",
@@ -75,6 +75,20 @@ def fault_point(name: str, step: int | None = None) -> None:
             pass
         os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
         os._exit(137)  # pragma: no cover  (where SIGKILL is not immediate)
+
+
+def nonfinite_point(step: int, rank: int) -> None:
+    """Fault injection for tests: raise :class:`~asg.errors.NonFiniteError` at the start of step ``STEP``
+    (before any rollout) when ``ASG_FAULT_INJECT`` lists ``nonfinite@STEP`` (every rank) or
+    ``nonfinite@STEP/RANK`` (that rank only), as a NaN in the step's first sampling would."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    wanted = {item.strip() for item in spec.split(",")}
+    if f"nonfinite@{step}" in wanted or f"nonfinite@{step}/{rank}" in wanted:
+        from asg.errors import NonFiniteError
+
+        raise NonFiniteError(f"{FAULT_ENV}: injected non-finite logits at step {step} on rank {rank}")
 
 
 class CheckpointError(DataError):

@@ -16,6 +16,7 @@ distributed path; accelerate picks gloo on CPU and nccl on CUDA). On a machine w
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -146,13 +147,15 @@ class Dist:
             tdist.barrier()
 
     # -- gradients -----------------------------------------------------------------------------------------
-    def average_gradients(self, params: Iterable[torch.nn.Parameter]) -> int:
+    def average_gradients(self, params: Iterable[torch.nn.Parameter], key: str = "") -> int:
         """All-reduce mean of ``p.grad`` over ranks; returns how many params hold a grad afterwards.
 
         A rank whose ``p.grad`` is None contributes zeros, exactly what a zero-loss backward would give
         (§3.9, §5.1), and receives the mean, so that all ranks can take the same optimiser step.
         A param that has no grad on any rank keeps ``grad = None`` everywhere. The return value is the
         same on every rank: step the optimiser iff it is > 0 (and the grads are finite), on all ranks.
+        ``key`` (the role) must be the same on every rank too: two roles with equally shaped adapters
+        would otherwise pair up silently when ranks disagree on which role updates now.
         """
         params = list(params)
         if self.world_size == 1:
@@ -161,12 +164,14 @@ class Dist:
         import torch.distributed as tdist
 
         # Unequal lists would pair up wrong tensors or hang; check first, so every rank raises together.
-        shape = torch.tensor([len(params), sum(p.numel() for p in params)], dtype=torch.float64, device=self.device)
+        shape = torch.tensor([len(params), sum(p.numel() for p in params), zlib.crc32(key.encode())],
+                             dtype=torch.float64, device=self.device)
         bounds = torch.cat([shape, -shape])
         tdist.all_reduce(bounds, op=tdist.ReduceOp.MAX)
-        if not torch.equal(bounds[:2], -bounds[2:]):
+        if not torch.equal(bounds[:3], -bounds[3:]):
             raise ConfigError(f"average_gradients got different parameter lists on different ranks (rank {self.rank}: "
-                              f"{len(params)} tensors, {int(shape[1])} elements); pass the same role's params everywhere")
+                              f"{key or 'params'}, {len(params)} tensors, {int(shape[1])} elements); pass the same "
+                              "role's params everywhere, in the same order of roles")
         with_grad = 0
         for bucket in _buckets(params, BUCKET_ELEMENTS):
             parts = [torch.zeros(p.numel(), dtype=torch.float32, device=self.device) if p.grad is None

@@ -62,6 +62,9 @@ def _captions(tr: Any, images: list[Any], *, temperature: float, seed: int, bb: 
     return [c.text.strip() for c in out]
 
 
+UPDATE_ORDER = ("generator",)  # the roles a G-step updates, in order (see asg.train.ustep.UPDATE_ORDER)
+
+
 def generation_step(tr: Any, image: Any, step: int) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
     """Run one G-step on ``image``; returns (metrics record, rollout record, candidate images).
 

@@ -38,14 +38,14 @@ from asg.errors import AsgError, NonFiniteError
 from asg.progress import progress_bar
 from asg.rewards import DifficultyTarget, EasyThreshold, SteNormalizer, resolve_components
 from asg.train.checkpoint import (
-    fault_point, latest_checkpoint, load_checkpoint, recover_interrupted_save, save_checkpoint,
+    fault_point, latest_checkpoint, load_checkpoint, nonfinite_point, recover_interrupted_save, save_checkpoint,
 )
 from asg.train.flat import merge_flat, optimizer_from_flat, optimizer_to_flat, rng_state, set_rng_state
-from asg.train.gstep import generation_step
+from asg.train.gstep import UPDATE_ORDER as G_UPDATE_ORDER, generation_step
 from asg.train.recipe import Recipe, phase_of
 from asg.train.run import RunWriteError, check_writable, disk_free, human_bytes
 from asg.train.updater import RoleUpdater
-from asg.train.ustep import understanding_step
+from asg.train.ustep import UPDATE_ORDER as U_UPDATE_ORDER, understanding_step
 from asg.updates import NONFINITE_OUTPUT, EMABaseline
 
 MODEL_PREFIX = "model."
@@ -427,6 +427,7 @@ class Trainer:
         images: list[Any] = []
         decisions = self._decisions()
         try:
+            nonfinite_point(step, self.dist.rank)  # tests only (ASG_FAULT_INJECT); inert unset
             if phase == "U":
                 metrics, rollout = understanding_step(self, image, step)
             else:
@@ -455,7 +456,8 @@ class Trainer:
         Each role of the phase that had not yet taken its update decision skips it as ``nonfinite_output``
         (its weights untouched; with several ranks it still joins the gradient all-reduce), and the step
         counts towards ``run.max_consecutive_skips``."""
-        roles = ("proposer", "solver") if phase == "U" else ("generator",)
+        # in the step's own order: with several ranks each skip pairs with the other ranks' update all-reduce
+        roles = U_UPDATE_ORDER if phase == "U" else G_UPDATE_ORDER
         metrics: dict[str, Any] = {"nonfinite_output": 1}
         for role in roles:
             upd = self.updaters.get(role)

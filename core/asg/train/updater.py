@@ -97,7 +97,7 @@ class RoleUpdater:
     def _step_if_any(self, diag: dict[str, float]) -> UpdateResult:
         """(All-reduce the gradients,) check them, clip and step; the decision is the same on every rank."""
         if self.dist is not None and self.dist.world_size > 1:
-            self.dist.average_gradients(self.params)
+            self.dist.average_gradients(self.params, key=self.role)
         reason = skip_reason(None, self.params, require_grad=True)
         if reason is not None:
             self.optimizer.zero_grad(set_to_none=True)

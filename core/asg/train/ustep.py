@@ -112,6 +112,11 @@ def malformed_answers(samples: Any) -> int:
     return sum(s.answer.malformed for s in samples)
 
 
+# the order in which a U-step takes its roles' update decisions; each decision is one gradient all-reduce
+# with several ranks, so a rank that abandons the step (Trainer._abandon_step) skips them in this order
+UPDATE_ORDER = ("solver", "proposer")
+
+
 def understanding_step(tr: Any, image: Any, step: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run one U-step on ``image``; returns (metrics record, rollout record).
 
