@@ -148,3 +148,22 @@ def test_continuation_errors_name_the_problem(runs, tmp_path: Path) -> None:
         pretrain(PretrainConfig(init_from=str(tmp_path / "half"), **SMALL), tmp_path / "out")
     with pytest.raises(FileExistsError, match="is the --init-from directory"):
         pretrain(PretrainConfig(init_from=str(runs["a"]), **SMALL), runs["a"])
+
+
+def test_language_model_size_of_a_fresh_pretraining(tmp_path: Path) -> None:
+    """--text-hidden/--text-layers size the language model: the saved config says so, the weights have
+    those shapes, the directory loads; a continued model refuses them (it keeps its architecture)."""
+    from asg.errors import ConfigError
+
+    pretrain(PretrainConfig(text_hidden=96, text_layers=2, **SMALL), tmp_path / "wide")
+    bb = TinyBackbone.load(model=tmp_path / "wide")
+    assert (bb.config.text_hidden, bb.config.text_layers) == (96, 2)
+    assert json.loads((tmp_path / "wide" / "config.json").read_text())["text_hidden"] == 96
+    weights = load_file(str(tmp_path / "wide" / "model.safetensors"))
+    layers = {k.split("layers.")[1].split(".")[0] for k in weights if "language_model" in k and "layers." in k}
+    assert layers == {"0", "1"}
+    embed = next(v for k, v in weights.items() if "language_model" in k and k.endswith("embed_tokens.weight"))
+    assert embed.shape[1] == 96
+    assert PretrainConfig().model_sizes() == {}
+    with pytest.raises(ConfigError, match="keeps its own architecture"):
+        PretrainConfig(init_from=str(tmp_path / "wide"), text_layers=6)

@@ -196,7 +196,7 @@ def pretrain(cfg: PretrainConfig, out: Path) -> dict[str, Any]:
                                        "latent_scale": backbone.config.latent_scale}
     else:
         tokenizer = train_tokenizer(tokenizer_corpus(cfg.seed), cfg.vocab_size)
-        model_cfg = TinyConfig(vocab_size=len(tokenizer))
+        model_cfg = TinyConfig(vocab_size=len(tokenizer), **cfg.model_sizes())
         backbone = TinyBackbone(model_cfg, tokenizer, adapters=False, seed=cfg.seed)
         data = LabeledSet(cfg.scenes, cfg.seed, model_cfg.image_size)
         autoencoder = train_autoencoder(backbone, data, cfg)
