@@ -108,19 +108,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_run(pool: Path, tmp_path: Path) -> None:
-    """`accelerate launch` with 2 CPU processes (gloo) completes a U and a G step; rank 0 writes the run."""
-    out = tmp_path / "ddp"
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "HF_HOME": str(tmp_path / "hf"),
-           "ASG_PROGRESS": "0"}
+def _train_two_ranks(pool: Path, out: Path, steps: int, hf_home: Path, **env_extra: str) -> subprocess.CompletedProcess[str]:
+    """`asg train` under `accelerate launch` with 2 CPU processes (gloo), U and G alternating; must succeed."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "HF_HOME": str(hf_home),
+           "ASG_PROGRESS": "0", **env_extra}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(_free_port()), "-m", "asg", "train", "--backbone", "tiny",
-           "--images", str(pool), "--recipe", "demo", "--steps", "4", "--out", str(out),
+           "--images", str(pool), "--recipe", "demo", "--steps", str(steps), "--out", str(out),
            *[x for item in SHORT if not item.startswith("schedule.steps") for x in ("--set", item)],
            "--set", "schedule.understanding=1", "--set", "schedule.generation=1"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_two_process_run(pool: Path, tmp_path: Path) -> None:
+    """`accelerate launch` with 2 CPU processes (gloo) completes a U and a G step; rank 0 writes the run."""
+    out = tmp_path / "ddp"
+    _train_two_ranks(pool, out, 4, tmp_path / "hf")
     rows = _metrics(out)
     assert [r["phase"] for r in rows] == list("UGUG")
     status = json.loads((out / "status.json").read_text())
@@ -137,16 +143,7 @@ def test_two_process_run_survives_a_nonfinite_step_on_one_rank(pool: Path, tmp_p
     rank skips its roles' updates but joins the gradient all-reduce, so nothing hangs, the other rank's
     update is shared, and both ranks end with bit-identical adapters."""
     out = tmp_path / "ddp_nan"
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "HF_HOME": str(tmp_path / "hf"),
-           "ASG_PROGRESS": "0", "ASG_FAULT_INJECT": "nonfinite@1/1,nonfinite@2/0"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), "-m", "asg", "train", "--backbone", "tiny",
-           "--images", str(pool), "--recipe", "demo", "--steps", "3", "--out", str(out),
-           *[x for item in SHORT if not item.startswith("schedule.steps") for x in ("--set", item)],
-           "--set", "schedule.understanding=1", "--set", "schedule.generation=1"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _train_two_ranks(pool, out, 3, tmp_path / "hf", ASG_FAULT_INJECT="nonfinite@1/1,nonfinite@2/0")
     assert "step 1: ASG_FAULT_INJECT: injected non-finite logits at step 1 on rank 1" in proc.stderr
     rows = _metrics(out)  # rank 0's records
     assert [r["phase"] for r in rows] == list("UGU")
