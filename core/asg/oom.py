@@ -194,6 +194,12 @@ class OOMGuard:
             raise ConfigError(f"the out-of-memory floor must be >= 1 item, got {floor}")
         self.stats = stats if stats is not None else OOMStats()
 
+    @classmethod
+    def for_recipe(cls, recipe: Any) -> OOMGuard:
+        """The guard of one training step: the floor is the recipe's ``run.oom_floor``, or, where that is 0,
+        ``ASG_OOM_FLOOR`` (else :data:`DEFAULT_FLOOR`)."""
+        return cls(recipe.run.oom_floor or None)
+
     def run(self, call: Callable[[int, int], T], n: int, merge: Callable[[list[T]], T], *, name: str) -> T:
         return run_split(call, n, merge, name=name, floor=self.floor, stats=self.stats)
 

@@ -59,14 +59,17 @@ FAULT_POINTS = ("save:start", "save:after_tensors", "save:after_state", "save:be
                 "save:after_rename", "save:before_rotate", "save:during_rotate", "step:N")
 
 
+def _injected() -> set[str]:
+    """The items of ``ASG_FAULT_INJECT`` (comma-separated); empty when it is unset."""
+    spec = os.environ.get(FAULT_ENV)
+    return {item.strip() for item in spec.split(",")} if spec else set()
+
+
 def fault_point(name: str, step: int | None = None) -> None:
     """Fault injection for tests: SIGKILL this process here when ``ASG_FAULT_INJECT`` (comma-separated) lists
     ``name`` or ``name@STEP``. Points: :data:`FAULT_POINTS` (``step:5`` = right after step 5 is logged).
     Unset, this is one environment lookup."""
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    wanted = {item.strip() for item in spec.split(",")}
+    wanted = _injected()
     if name in wanted or (step is not None and f"{name}@{step}" in wanted):
         where = name if step is None else f"{name}@{step}"
         try:
@@ -81,10 +84,7 @@ def nonfinite_point(step: int, rank: int) -> None:
     """Fault injection for tests: raise :class:`~asg.errors.NonFiniteError` at the start of step ``STEP``
     (before any rollout) when ``ASG_FAULT_INJECT`` lists ``nonfinite@STEP`` (every rank) or
     ``nonfinite@STEP/RANK`` (that rank only), as a NaN in the step's first sampling would."""
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    wanted = {item.strip() for item in spec.split(",")}
+    wanted = _injected()
     if f"nonfinite@{step}" in wanted or f"nonfinite@{step}/{rank}" in wanted:
         from asg.errors import NonFiniteError
 

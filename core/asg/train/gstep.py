@@ -69,7 +69,7 @@ def generation_step(tr: Any, image: Any, step: int) -> tuple[dict[str, Any], dic
     """Run one G-step on ``image``; returns (metrics record, rollout record, candidate images).
 
     Backbone calls that run out of memory are split (``oom_splits`` in the record, :mod:`asg.oom`)."""
-    guard = OOMGuard(tr.recipe.run.oom_floor or None)  # 0: ASG_OOM_FLOOR, else 1
+    guard = OOMGuard.for_recipe(tr.recipe)
     m, rollout, images = _generation_step(tr, guard.wrap(tr.backbone), image, step)
     m["oom_splits"] = guard.stats.splits
     return m, rollout, images

@@ -53,6 +53,9 @@ MODEL_PREFIX = "model."
 NONFINITE = ("nonfinite_loss", "nonfinite_grad", NONFINITE_OUTPUT)
 
 
+_MISSING = object()
+
+
 def _leaf_changes(base: Any, mine: Any, prefix: str = "") -> list[tuple[str, Any]]:
     """(dotted path, value) of every leaf of ``mine`` that ``base`` lacks or holds differently."""
     if isinstance(mine, dict) and isinstance(base, dict):
@@ -61,9 +64,6 @@ def _leaf_changes(base: Any, mine: Any, prefix: str = "") -> list[tuple[str, Any
             out += _leaf_changes(base.get(k, _MISSING), v, f"{prefix}{k}.")
         return out
     return [] if base == mine else [(prefix[:-1], mine)]
-
-
-_MISSING = object()
 
 
 class TrainingStopped(AsgError):
@@ -449,7 +449,7 @@ class Trainer:
 
     def _decisions(self) -> dict[str, int]:
         """How many update decisions (steps and skips) each role has taken so far."""
-        return {r: u.steps + sum(u.skips.values()) for r, u in self.updaters.items()}
+        return {r: u.decisions for r, u in self.updaters.items()}
 
     def _abandon_step(self, phase: str, exc: NonFiniteError, before: dict[str, int]) -> dict[str, Any]:
         """A model output of this step was NaN/inf (:class:`NonFiniteError`): the step stops where it was.
@@ -461,7 +461,7 @@ class Trainer:
         metrics: dict[str, Any] = {"nonfinite_output": 1}
         for role in roles:
             upd = self.updaters.get(role)
-            if upd is None or upd.steps + sum(upd.skips.values()) > before.get(role, 0):
+            if upd is None or upd.decisions > before.get(role, 0):
                 continue  # disabled, or decided before the failure (its record is lost with the step's)
             upd.skip(NONFINITE_OUTPUT).record_into(metrics, role)
         warnings.warn(f"step {self.step + 1}: {exc}; the step is skipped", stacklevel=2)

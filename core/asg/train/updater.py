@@ -56,6 +56,11 @@ class RoleUpdater:
     def beta(self) -> float:
         return self.kl.value
 
+    @property
+    def decisions(self) -> int:
+        """Update decisions taken so far: every step and every counted skip (one per update attempt)."""
+        return self.steps + sum(self.skips.values())
+
     def _count(self, reason: str) -> None:
         self.skips[reason] = self.skips.get(reason, 0) + 1
 

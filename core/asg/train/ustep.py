@@ -121,7 +121,7 @@ def understanding_step(tr: Any, image: Any, step: int) -> tuple[dict[str, Any], 
     """Run one U-step on ``image``; returns (metrics record, rollout record).
 
     Backbone calls that run out of memory are split (``oom_splits`` in the record, :mod:`asg.oom`)."""
-    guard = OOMGuard(tr.recipe.run.oom_floor or None)  # 0: ASG_OOM_FLOOR, else 1
+    guard = OOMGuard.for_recipe(tr.recipe)
     m, rollout = _understanding_step(tr, guard.wrap(tr.backbone), image, step)
     m["oom_splits"] = guard.stats.splits
     return m, rollout
