@@ -7,7 +7,9 @@ generic file handling: shards and index, strict loading, what each error names, 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -194,3 +196,46 @@ def test_names_manifest_and_save_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cannot split 5 tensors into 9 non-empty shards"):
         io.save_checkpoint(seeded(0), tmp_path, to_checkpoint_name=to_ckpt, shards=9)
     assert not list(tmp_path.iterdir())  # every refusal came before a file was written
+
+
+@contextmanager
+def _umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
+def test_saved_weights_follow_the_umask_not_safetensors_owner_only_mode(tmp_path: Path, mask: int) -> None:
+    """safetensors 0.8 writes ``0o600`` whatever the umask; asg's writers give ``0o666 & ~umask``
+    (0o644 under the usual 022), so weights on a shared disk are readable as any other file written there."""
+    raw = tmp_path / "raw.safetensors"
+    save_file({"x": torch.zeros(2)}, str(raw))
+    if os.stat(raw).st_mode & 0o777 != 0o600:
+        pytest.skip("this safetensors version no longer writes owner-only files")
+    with _umask(mask):
+        path = io.save_safetensors({"x": torch.arange(3.0)}, tmp_path / "w.safetensors", {"format": "pt"})
+        io.save_checkpoint(Toy(), tmp_path / "sharded", to_checkpoint_name=to_ckpt, shards=2)
+        (tmp_path / "lib" / "sub").mkdir(parents=True)
+        save_file({"y": torch.ones(1)}, str(tmp_path / "lib" / "sub" / "m.safetensors"))
+        io.share_safetensors(tmp_path / "lib")
+    expected = 0o666 & ~mask
+    assert os.stat(path).st_mode & 0o777 == expected
+    assert torch.equal(load_file(str(path))["x"], torch.arange(3.0))
+    shards = sorted((tmp_path / "sharded").glob("*.safetensors"))
+    assert len(shards) == 2 and all(os.stat(p).st_mode & 0o777 == expected for p in shards)
+    assert os.stat(tmp_path / "lib" / "sub" / "m.safetensors").st_mode & 0o777 == expected
+
+
+def test_tiny_weights_and_run_checkpoints_are_readable_by_others(tmp_path: Path) -> None:
+    """The two writers users meet first: ``asg tiny pretrain``'s model.safetensors (``save_pretrained``)
+    and the adapter file of ``save_trainable`` (what checkpoints and ``asg train --out`` hold)."""
+    from asg.backbones.tiny.model import TinyBackbone
+
+    with _umask(0o022):
+        TinyBackbone.load(preset="init", adapters=False).save_pretrained(tmp_path / "base")
+        TinyBackbone.load(preset="init").save_trainable(tmp_path / "adapters.safetensors")
+    assert os.stat(tmp_path / "base" / "model.safetensors").st_mode & 0o777 == 0o644
+    assert os.stat(tmp_path / "adapters.safetensors").st_mode & 0o777 == 0o644

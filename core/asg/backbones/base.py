@@ -99,13 +99,13 @@ class AdapterBackbone:
 
     def save_trainable(self, path: str | Path) -> Path:
         """Write the trainable state to ``path`` (safetensors; a temp file renamed into place)."""
-        from safetensors.torch import save_file
+        from asg.backbones.checkpoint_io import save_safetensors
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         state = {k: v.contiguous().cpu() for k, v in self.trainable_state_dict().items()}
-        save_file(state, str(tmp), metadata={"backbone": self.name, "roles": ",".join(self.roles)})
+        save_safetensors(state, tmp, {"backbone": self.name, "roles": ",".join(self.roles)})
         tmp.replace(path)
         return path
 

@@ -16,6 +16,7 @@ and every error names the folder, file and key (and shapes, expected vs found).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,43 @@ SHOW = 8
 
 class CheckpointError(DataError):
     """A checkpoint file, index or key does not fit the model; the message names file and key."""
+
+
+def _umask() -> int:
+    """The process's file-creation mask, read without changing it where the OS allows."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | Path,
+                     metadata: Mapping[str, str] | None = None) -> Path:
+    """Write ``tensors`` to ``path`` with ``safetensors.torch.save_file``, mode ``0o666`` less the umask.
+
+    safetensors (0.8) creates its files owner-only (``0o600``), so weights written for a shared cluster
+    or a container volume could be read by nobody else; every asg writer of safetensors goes through here.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    save_file(dict(tensors), str(path), metadata=dict(metadata) if metadata is not None else None)
+    os.chmod(path, 0o666 & ~_umask())
+    return path
+
+
+def share_safetensors(folder: str | Path) -> None:
+    """Give every ``*.safetensors`` file under ``folder`` mode ``0o666`` less the umask: for folders that a
+    library (diffusers' ``save_pretrained``) wrote through safetensors' owner-only files."""
+    mode = 0o666 & ~_umask()
+    for path in Path(folder).rglob("*.safetensors"):
+        os.chmod(path, mode)
 
 
 def listing(keys: Iterable[str]) -> str:
@@ -257,8 +295,6 @@ def save_checkpoint(model: nn.Module, folder: str | Path, *, to_checkpoint_name:
     ``model-0000i-of-0000n.safetensors`` as ``save_pretrained`` does, so the folder reads like a public one.
     Names ``to_checkpoint_name`` refuses are one error listing all of them (``family`` names the rules).
     """
-    from safetensors.torch import save_file
-
     if shards < 1:
         raise ValueError(f"shards must be >= 1, got {shards}")
     folder = Path(folder)
@@ -267,7 +303,7 @@ def save_checkpoint(model: nn.Module, folder: str | Path, *, to_checkpoint_name:
     tensors = {k: v.detach().contiguous() for k, v in renamed.items()}
     if shards == 1:
         path = folder / SINGLE_FILE
-        save_file(tensors, str(path), metadata={"format": "pt"})
+        save_safetensors(tensors, path, {"format": "pt"})
         return (path,)
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     groups: list[dict[str, torch.Tensor]] = [{} for _ in range(shards)]
@@ -280,7 +316,7 @@ def save_checkpoint(model: nn.Module, folder: str | Path, *, to_checkpoint_name:
     weight_map, paths = {}, []
     for i, group in enumerate(groups, 1):
         name = f"model-{i:05d}-of-{shards:05d}.safetensors"
-        save_file(group, str(folder / name), metadata={"format": "pt"})
+        save_safetensors(group, folder / name, {"format": "pt"})
         weight_map.update({k: name for k in group})
         paths.append(folder / name)
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}

@@ -133,9 +133,9 @@ def _fsync_file(path: Path) -> None:
 
 def _write_tensors(tensors: Mapping[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
     """``path`` as safetensors, fsynced."""
-    from safetensors.torch import save_file
+    from asg.backbones.checkpoint_io import save_safetensors
 
-    save_file(dict(tensors), str(path), metadata=metadata)
+    save_safetensors(tensors, path, metadata)
     _fsync_file(path)
 
 

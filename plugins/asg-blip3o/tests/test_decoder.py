@@ -3,6 +3,7 @@ output sizes, the grid-to-token adapter, classifier-free guidance against a hand
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import torch
 from diffusers import EulerDiscreteScheduler
 
+from asg.backbones import checkpoint_io
 from asg.errors import ConfigError
 from asg_blip3o.decoder import (
     UPSTREAM_SCHEDULER_CONFIG,
@@ -76,6 +78,8 @@ def test_round_trip_through_release_layout(decoder, tokens, tmp_path, no_network
     for part in ("unet/config.json", f"unet/{weights}", "vae/config.json", f"vae/{weights}",
                  "scheduler/scheduler_config.json", "model_index.json"):
         assert (folder / part).is_file(), part
+    shared = 0o666 & ~checkpoint_io._umask()  # not safetensors' owner-only 0o600 (under the usual umask 022)
+    assert all(os.stat(folder / f"{part}/{weights}").st_mode & 0o777 == shared for part in ("unet", "vae"))
 
     loaded = DiffusionDecoder.from_folder(folder, device="cpu", dtype=torch.float32)
     assert isinstance(loaded.scheduler, EulerDiscreteScheduler)

@@ -165,8 +165,7 @@ class TinyBackbone(AdapterBackbone):
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write config.json, tokenizer.json and model.safetensors (base weights, no adapters)."""
-        from safetensors.torch import save_file
-
+        from asg.backbones.checkpoint_io import save_safetensors
         from asg.backbones.tiny.tokenizer import save_tokenizer
 
         if self.adapters is not None:
@@ -177,7 +176,7 @@ class TinyBackbone(AdapterBackbone):
         save_tokenizer(self.tokenizer, directory)
         state = {k: v.detach().contiguous().cpu() for k, v in self.net.state_dict().items() if k not in self.tied_keys}
         tmp = directory / "model.safetensors.tmp"
-        save_file(state, str(tmp), metadata={"format": "pt", "backbone": "tiny"})
+        save_safetensors(state, tmp, {"format": "pt", "backbone": "tiny"})
         tmp.replace(directory / "model.safetensors")
         return directory
 

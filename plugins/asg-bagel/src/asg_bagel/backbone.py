@@ -196,7 +196,7 @@ class BagelBackbone(AdapterBackbone):
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write the checkpoint folder layout of the release (base weights; adapters are not included)."""
-        from safetensors.torch import save_file
+        from asg.backbones.checkpoint_io import save_safetensors
 
         if self.adapters is not None:
             raise CapabilityError("save_pretrained writes base weights; build the backbone with adapters=False")
@@ -211,7 +211,7 @@ class BagelBackbone(AdapterBackbone):
         }
         for name, state in files.items():
             tmp = directory / (name + ".tmp")
-            save_file(state, str(tmp), metadata={"format": "pt", "backbone": "bagel"})
+            save_safetensors(state, tmp, {"format": "pt", "backbone": "bagel"})
             tmp.replace(directory / name)
         return directory
 

@@ -148,7 +148,7 @@ class Blip3oBackbone(QwenVLUnderstanding, AdapterBackbone):
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write the release layout (config.json, model.safetensors, tokenizer, diffusion-decoder/)."""
-        from safetensors.torch import save_file
+        from asg.backbones.checkpoint_io import save_safetensors
 
         if self.adapters is not None:
             raise CapabilityError("save_pretrained writes base weights; build the backbone with adapters=False")
@@ -165,8 +165,8 @@ class Blip3oBackbone(QwenVLUnderstanding, AdapterBackbone):
             self.decoder.save(directory / "diffusion-decoder")
         if "gen_tower" in self.net:
             (directory / "gen_vision_tower").mkdir(exist_ok=True)
-            save_file({k: v.contiguous() for k, v in self.net["gen_tower"].state_dict().items()},
-                      str(directory / "gen_vision_tower" / "model.safetensors"))
+            save_safetensors({k: v.contiguous() for k, v in self.net["gen_tower"].state_dict().items()},
+                             directory / "gen_vision_tower" / "model.safetensors")
         return directory
 
     def checkpoint_manifest(self) -> dict[str, dict[str, dict[str, Any]]]:

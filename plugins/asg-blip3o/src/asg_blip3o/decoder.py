@@ -95,6 +95,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from asg.backbones.checkpoint_io import share_safetensors
 from asg.errors import ConfigError, DataError
 
 __all__ = [
@@ -438,6 +439,7 @@ class DiffusionDecoder:
         root.mkdir(parents=True, exist_ok=True)
         self.unet.save_pretrained(root / "unet", variant=variant, safe_serialization=True)
         self.vae.save_pretrained(root / "vae", variant=variant, safe_serialization=True)
+        share_safetensors(root)
         self.scheduler.save_pretrained(root / "scheduler")
         index = {
             "_class_name": "BLIP3oDiffusionDecoder",
