@@ -165,5 +165,14 @@ def test_language_model_size_of_a_fresh_pretraining(tmp_path: Path) -> None:
     embed = next(v for k, v in weights.items() if "language_model" in k and k.endswith("embed_tokens.weight"))
     assert embed.shape[1] == 96
     assert PretrainConfig().model_sizes() == {}
-    with pytest.raises(ConfigError, match="keeps its own architecture"):
-        PretrainConfig(init_from=str(tmp_path / "wide"), text_layers=6)
+    # The MLP follows the width at the default's ratio 512/192 = 8/3 (rounded up to a multiple of 8),
+    # unless given: a wider model is not a narrower MLP.
+    assert bb.config.text_intermediate == 256
+    assert weights["vlm.model.language_model.layers.0.mlp.gate_proj.weight"].shape == (256, 96)
+    assert PretrainConfig(text_hidden=384).model_sizes() == {"text_hidden": 384, "text_intermediate": 1024}
+    assert PretrainConfig(text_hidden=100).model_sizes()["text_intermediate"] == 272  # 8/3 * 100 = 266.7
+    assert PretrainConfig(text_hidden=384, text_intermediate=768).model_sizes()["text_intermediate"] == 768
+    assert PretrainConfig(text_layers=6).model_sizes() == {"text_layers": 6}
+    for sizes in ({"text_layers": 6}, {"text_intermediate": 1024}):
+        with pytest.raises(ConfigError, match="keeps its own architecture"):
+            PretrainConfig(init_from=str(tmp_path / "wide"), **sizes)

@@ -55,23 +55,30 @@ class PretrainConfig:
     # per step (0 = off), and whether the vision tower is frozen (the projector still trains).
     perception_weight: float = attrs.field(default=0.0, validator=number(0.0, None))
     freeze_vision: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
-    # Size of the language model of a fresh pretraining (0 = TinyConfig's default: 192 wide, 4 layers).
-    # text_hidden must be a multiple of 4 (the attention heads); a continued model keeps its architecture.
+    # Size of the language model of a fresh pretraining (0 = TinyConfig's default: 192 wide, 4 layers,
+    # MLP 512). text_hidden must be a multiple of 4 (the attention heads); text_intermediate 0 keeps the
+    # default's MLP ratio 8/3 for any width (384 -> 1024); a continued model keeps its architecture.
     text_hidden: int = attrs.field(default=0, validator=number(0, None, integer=True))
     text_layers: int = attrs.field(default=0, validator=number(0, None, integer=True))
+    text_intermediate: int = attrs.field(default=0, validator=number(0, None, integer=True))
 
     def __attrs_post_init__(self) -> None:
         from asg.errors import ConfigError
 
         if self.reinit and not self.init_from:
             raise ConfigError(f"PretrainConfig.reinit={self.reinit!r} needs init_from (a pretrained tiny directory)")
-        if self.init_from and (self.text_hidden or self.text_layers):
-            raise ConfigError("PretrainConfig.text_hidden/text_layers size a fresh model; a model continued with "
-                              f"init_from ({self.init_from}) keeps its own architecture")
+        if self.init_from and (self.text_hidden or self.text_layers or self.text_intermediate):
+            raise ConfigError("PretrainConfig.text_hidden/text_layers/text_intermediate size a fresh model; a model "
+                              f"continued with init_from ({self.init_from}) keeps its own architecture")
 
     def model_sizes(self) -> dict[str, int]:
-        """The TinyConfig fields this configuration sets (none by default)."""
-        return {k: v for k, v in (("text_hidden", self.text_hidden), ("text_layers", self.text_layers)) if v}
+        """The TinyConfig fields this configuration sets (none by default). A width without an MLP size
+        gets the default's ratio, 8/3, rounded up to a multiple of 8."""
+        sizes = {k: v for k, v in (("text_hidden", self.text_hidden), ("text_layers", self.text_layers),
+                                   ("text_intermediate", self.text_intermediate)) if v}
+        if self.text_hidden and not self.text_intermediate:
+            sizes["text_intermediate"] = -(-self.text_hidden // 3) * 8  # ceil(8W/3 / 8) * 8 = ceil(W/3) * 8
+        return sizes
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
