@@ -13,6 +13,8 @@ SUITES = {
     "vision_probe": ("benchmarks.vision_probe", "does the vision tower keep what a shape is: linear probes per layer"),
     "audit": ("benchmarks.audit", "how right were the Solver's training targets: a ShapesWorld run's votes against ground truth"),
     "label_quality": ("benchmarks.label_quality", "what labels of a given accuracy teach the Solver: fine-tune on pool questions, measure VQA"),
+    "spec_labels": ("benchmarks.spec_labels", "would the gen-step Solver update teach right answers: spec labels graded on the generated images"),
+    "learnability": ("benchmarks.learnability", "can the language model learn a question type from abundant correct labels, eyes frozen"),
     "shapes": ("benchmarks.shapes", "self-evolution of tiny on ShapesWorld: base vs evolved, full recipe and ablations"),
     "geneval": ("benchmarks.geneval", "GenEval with the official evaluator: write samples, run evaluate_images.py in its own env, score"),
     "geneval_mini": ("benchmarks.geneval_mini", "GenEval-mini on ShapesWorld for any backbone (CPU, exact checker)"),

@@ -239,3 +239,27 @@ def test_tiny_weights_and_run_checkpoints_are_readable_by_others(tmp_path: Path)
         TinyBackbone.load(preset="init").save_trainable(tmp_path / "adapters.safetensors")
     assert os.stat(tmp_path / "base" / "model.safetensors").st_mode & 0o777 == 0o644
     assert os.stat(tmp_path / "adapters.safetensors").st_mode & 0o777 == 0o644
+
+
+def test_atomic_save_replaces_whole_or_not_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``atomic=True`` writes ``<name>.tmp`` and renames it: a write that fails half-way leaves the earlier
+    file readable and unchanged, and a successful one leaves no temp file behind."""
+    import safetensors.torch
+
+    path = tmp_path / "w.safetensors"
+    io.save_safetensors({"x": torch.arange(3.0)}, path, atomic=True)
+    assert torch.equal(load_file(str(path))["x"], torch.arange(3.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]
+
+    def half_write(tensors: dict, filename: str, metadata: dict | None = None) -> None:
+        Path(filename).write_bytes(b"\x00" * 5)  # a torn file, then the crash
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", half_write)
+    with pytest.raises(OSError, match="disk full"):
+        io.save_safetensors({"x": torch.zeros(7)}, path, atomic=True)
+    monkeypatch.undo()
+    assert torch.equal(load_file(str(path))["x"], torch.arange(3.0))  # the earlier weights survive
+    io.save_safetensors({"x": torch.ones(2)}, path, atomic=True)  # the next save overwrites the stale .tmp
+    assert torch.equal(load_file(str(path))["x"], torch.ones(2))
+    assert not (tmp_path / "w.safetensors.tmp").exists()

@@ -103,11 +103,8 @@ class AdapterBackbone:
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
         state = {k: v.contiguous().cpu() for k, v in self.trainable_state_dict().items()}
-        save_safetensors(state, tmp, {"backbone": self.name, "roles": ",".join(self.roles)})
-        tmp.replace(path)
-        return path
+        return save_safetensors(state, path, {"backbone": self.name, "roles": ",".join(self.roles)}, atomic=True)
 
     def load_trainable(self, path: str | Path) -> None:
         from safetensors.torch import load_file

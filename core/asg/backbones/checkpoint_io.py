@@ -54,17 +54,22 @@ def _umask() -> int:
 
 
 def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | Path,
-                     metadata: Mapping[str, str] | None = None) -> Path:
+                     metadata: Mapping[str, str] | None = None, *, atomic: bool = False) -> Path:
     """Write ``tensors`` to ``path`` with ``safetensors.torch.save_file``, mode ``0o666`` less the umask.
 
     safetensors (0.8) creates its files owner-only (``0o600``), so weights written for a shared cluster
     or a container volume could be read by nobody else; every asg writer of safetensors goes through here.
+    With ``atomic`` the file is written as ``<name>.tmp`` beside ``path`` and renamed into place, so a
+    crash while writing leaves any earlier ``path`` whole.
     """
     from safetensors.torch import save_file
 
     path = Path(path)
-    save_file(dict(tensors), str(path), metadata=dict(metadata) if metadata is not None else None)
-    os.chmod(path, 0o666 & ~_umask())
+    target = path.with_name(path.name + ".tmp") if atomic else path
+    save_file(dict(tensors), str(target), metadata=dict(metadata) if metadata is not None else None)
+    os.chmod(target, 0o666 & ~_umask())
+    if atomic:
+        target.replace(path)
     return path
 
 

@@ -26,8 +26,10 @@ reference answer in QA fidelity).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import attrs
 import torch
 
 from asg.errors import CapabilityError
@@ -51,15 +53,74 @@ from asg.updates import flow_batch, flow_loss, group_advantages, grpo_loss
 SOURCE_CAPTION_TEMPERATURE = 0.8  # clip(1.3, 0.2, 0.8) in the reference (§6.1.1)
 
 
-def _captions(tr: Any, images: list[Any], *, temperature: float, seed: int, bb: Any = None) -> list[str]:
-    """One caption per image from the Solver role, in one batched call (``bb``: default ``tr.backbone``)."""
-    bb = tr.backbone if bb is None else bb
+def _captions(bb: Any, images: list[Any], *, max_new_tokens: int, temperature: float, seed: int) -> list[str]:
+    """One caption per image from the Solver role, in one batched call."""
     tpl = RoleTemplates.of(bb)
-    sampling = SamplingParams(temperature=temperature, max_new_tokens=tr.recipe.generator.caption_max_new_tokens)
+    sampling = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens)
     with bb.use_role("solver"):
         out = bb.generate_text([Prompt(tpl.caption, image=im) for im in images], sampling, seed=seed,
                                return_stats=False)
     return [c.text.strip() for c in out]
+
+
+@attrs.frozen
+class GatedSpec:
+    """The spec a G-step generates from: the source caption, the chosen spec output, its gate on the real
+    image, how many attempts it took and the malformed outputs counted on the way."""
+
+    caption: str
+    proposal: Any  # asg.roles.proposer.SpecProposal
+    gate: Any  # asg.roles.generator.GateResult
+    attempts: int
+    malformed: dict[str, int]
+
+
+def write_gated_spec(bb: Any, image: Any, recipe: Any, seed: Callable[[str], int]) -> GatedSpec:
+    """Step 1 of a G-step (§6.1): the Solver captions ``image``, the Proposer writes a spec and the Solver
+    gates it on ``image``, up to ``generator.spec_attempts`` times; the first accepted attempt is kept,
+    else the one with the best selection score. ``seed(tag)`` gives each call its seed."""
+    g = recipe.generator
+    solver, proposer = Solver(recipe.solver.sample), Proposer(recipe.proposer.ask)
+    malformed = {"malformed.caption": 0, "malformed.proposer": 0, "malformed.solver": 0}
+    caption = _captions(bb, [image], max_new_tokens=g.caption_max_new_tokens, temperature=SOURCE_CAPTION_TEMPERATURE,
+                        seed=seed("caption"))[0]
+    malformed["malformed.caption"] += not caption
+    best = None
+    for attempt in range(g.spec_attempts):
+        proposal = proposer.write_specs(bb, [image], captions=[caption], seed=seed(f"spec{attempt}"))[0]
+        gate = gate_specs(solver, bb, [image], [proposal.spec], config=g.gate, force=attempt == g.spec_attempts - 1,
+                          seed=seed(f"gate{attempt}"))[0]
+        malformed["malformed.proposer"] += proposal.spec.malformed
+        malformed["malformed.solver"] += malformed_answers(s for a in gate.answers for s in a.samples)
+        if best is None or gate.accepted or gate.selection_score > best[1].selection_score:
+            best = (proposal, gate)
+        if gate.accepted:
+            break
+    assert best is not None
+    return GatedSpec(caption, best[0], best[1], attempt + 1, malformed)
+
+
+def judge_candidates(bb: Any, image: Any, spec: Any, gate: Any, candidates: list[Any], recipe: Any,
+                     seed: Callable[[str], int]) -> tuple[list[str], list[list[list[str]]], int]:
+    """The Solver's answers behind QA fidelity (§6.3, reference-answer mode): the majority label of each
+    spec question on the real ``image`` (the gate's answers, or fresh ones when the gate asked nothing),
+    and the vote labels of each question on each candidate image, ``[candidate][question][sample]``.
+    Also returns how many of the new answers were malformed."""
+    solver = Solver(recipe.solver.sample)
+    samples = recipe.generator.gate.samples
+    questions = [p.question for p in spec.qa]
+    bad = 0
+    reference_answers = list(gate.answers)
+    if not reference_answers:
+        reference_answers = solver.answer(bb, [image] * len(questions), questions, n=samples, seed=seed("reference"))
+        bad += malformed_answers(s for a in reference_answers for s in a.samples)
+    reference = [vote(a.labels).majority for a in reference_answers]
+    rows = [(c, q) for c in candidates for q in questions]
+    answered = solver.answer(bb, [r[0] for r in rows], [r[1] for r in rows], n=samples, seed=seed("judge"))
+    bad += malformed_answers(s for a in answered for s in a.samples)
+    generated = [[list(answered[l * len(questions) + j].labels) for j in range(len(questions))]
+                 for l in range(len(candidates))]
+    return reference, generated, bad
 
 
 UPDATE_ORDER = ("generator",)  # the roles a G-step updates, in order (see asg.train.ustep.UPDATE_ORDER)
@@ -78,28 +139,17 @@ def generation_step(tr: Any, image: Any, step: int) -> tuple[dict[str, Any], dic
 def _generation_step(tr: Any, bb: Any, image: Any, step: int) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
     recipe = tr.recipe
     g = recipe.generator
-    solver, proposer, generator = Solver(recipe.solver.sample), Proposer(recipe.proposer.ask), Generator(g.generate)
+    generator = Generator(g.generate)
     m: dict[str, Any] = {"malformed.caption": 0, "malformed.proposer": 0, "malformed.solver": 0}
 
     # 1. spec with the Solver's gate on the real image
-    caption = _captions(tr, [image], temperature=SOURCE_CAPTION_TEMPERATURE, seed=tr.seed_for(step, "caption"), bb=bb)[0]
-    m["malformed.caption"] += not caption
-    best = None
-    for attempt in range(g.spec_attempts):
-        proposal = proposer.write_specs(bb, [image], captions=[caption], seed=tr.seed_for(step, f"spec{attempt}"))[0]
-        gate = gate_specs(solver, bb, [image], [proposal.spec], config=g.gate, force=attempt == g.spec_attempts - 1,
-                          seed=tr.seed_for(step, f"gate{attempt}"))[0]
-        m["malformed.proposer"] += proposal.spec.malformed
-        m["malformed.solver"] += malformed_answers(s for a in gate.answers for s in a.samples)
-        if best is None or gate.accepted or gate.selection_score > best[1].selection_score:
-            best = (proposal, gate)
-        if gate.accepted:
-            break
-    assert best is not None
-    proposal, gate = best
+    chosen = write_gated_spec(bb, image, recipe, lambda tag: tr.seed_for(step, tag))
+    caption, proposal, gate = chosen.caption, chosen.proposal, chosen.gate
+    for k, v in chosen.malformed.items():
+        m[k] += v
     spec = proposal.spec
     m.update({"generator.spec_quality": spec.quality, "generator.spec_alignment": gate.alignment,
-              "generator.spec_accepted": float(gate.accepted), "generator.spec_attempts": attempt + 1,
+              "generator.spec_accepted": float(gate.accepted), "generator.spec_attempts": chosen.attempts,
               "generator.n_qa": len(spec.qa)})
     rollout: dict[str, Any] = {"caption": caption, "spec_output": proposal.completion.text, "prompt": spec.prompt,
                                "qa": [[p.question, p.expected] for p in spec.qa], "gate_reasons": list(gate.reasons)}
@@ -113,22 +163,14 @@ def _generation_step(tr: Any, bb: Any, image: Any, step: int) -> tuple[dict[str,
     cands = list(generator.generate(bb, [spec], seed=tr.seed_for(step, "generate"))[0])
 
     # 3. internal evaluation
-    questions = [p.question for p in spec.qa]
-    reference_answers = list(gate.answers)
-    if not reference_answers:
-        reference_answers = solver.answer(bb, [image] * len(questions), questions, n=g.gate.samples,
-                                          seed=tr.seed_for(step, "reference"))
-        m["malformed.solver"] += malformed_answers(s for a in reference_answers for s in a.samples)
-    reference = [vote(a.labels).majority for a in reference_answers]
-    rows = [(c.image, q) for c in cands for q in questions]
-    answered = solver.answer(bb, [r[0] for r in rows], [r[1] for r in rows], n=g.gate.samples,
-                             seed=tr.seed_for(step, "judge"))
-    m["malformed.solver"] += malformed_answers(s for a in answered for s in a.samples)
-    generated = [[list(answered[l * len(questions) + j].labels) for j in range(len(questions))] for l in range(len(cands))]
+    reference, generated, bad = judge_candidates(bb, image, spec, gate, [c.image for c in cands], recipe,
+                                                 lambda tag: tr.seed_for(step, tag))
+    m["malformed.solver"] += bad
     rcfg = recipe.rewards
     fid = qa_fidelity(generated, reference, rcfg.fidelity)
     ctr = contradiction(generated, reference)
-    cycle_caps = _captions(tr, [c.image for c in cands], temperature=0.0, seed=tr.seed_for(step, "cycle"), bb=bb)
+    cycle_caps = _captions(bb, [c.image for c in cands], max_new_tokens=g.caption_max_new_tokens, temperature=0.0,
+                           seed=tr.seed_for(step, "cycle"))
     m["malformed.caption"] += sum(not c for c in cycle_caps)
     text_emb = bb.embed_text([spec.prompt, *cycle_caps])  # (1 + L, D), base model
     img_emb = bb.embed_image([c.image for c in cands])  # (L, D)

@@ -175,9 +175,7 @@ class TinyBackbone(AdapterBackbone):
         (directory / "config.json").write_text(json.dumps(self.config.to_dict(), indent=1) + "\n")
         save_tokenizer(self.tokenizer, directory)
         state = {k: v.detach().contiguous().cpu() for k, v in self.net.state_dict().items() if k not in self.tied_keys}
-        tmp = directory / "model.safetensors.tmp"
-        save_safetensors(state, tmp, {"format": "pt", "backbone": "tiny"})
-        tmp.replace(directory / "model.safetensors")
+        save_safetensors(state, directory / "model.safetensors", {"format": "pt", "backbone": "tiny"}, atomic=True)
         return directory
 
     def _make_image_processor(self) -> Any:

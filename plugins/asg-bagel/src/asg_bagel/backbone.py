@@ -210,9 +210,7 @@ class BagelBackbone(AdapterBackbone):
                                for k, v in ae_mod.to_checkpoint_names(self.net["vae"].state_dict()).items()},
         }
         for name, state in files.items():
-            tmp = directory / (name + ".tmp")
-            save_safetensors(state, tmp, {"format": "pt", "backbone": "bagel"})
-            tmp.replace(directory / name)
+            save_safetensors(state, directory / name, {"format": "pt", "backbone": "bagel"}, atomic=True)
         return directory
 
     def checkpoint_manifest(self) -> dict[str, dict[str, dict[str, Any]]]:

@@ -330,7 +330,6 @@ def generate_bits(
         context = torch.cat([context, gen.uncond_rows(length - 1).expand(b, -1, -1)], dim=0)
         sos = torch.cat([sos, gen.uncond_rows(1).expand(b, 1, c)], dim=0)
     cond, gss = gen.condition(sos)  # [N, C], [N, 1, 6, C]
-    n = cond.shape[0]
     if record is not None:
         record["ctx.kv_compact_C"] = context[0]
 

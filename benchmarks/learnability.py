@@ -1,0 +1,360 @@
+"""Can tiny's language model learn a question type at all? Trains it on abundant correct labels, eyes frozen.
+
+    python -m benchmarks learnability --model runs/x --qtypes existence            # 600 steps x 32 questions
+    python -m benchmarks learnability --model runs/x --qtypes position --steps 1500
+
+``label_quality`` asks what labels of the loop's pool teach the Solver's adapter at the loop's budget.
+This suite asks the question before it: given as many correct labels as it wants, does the model learn
+the question type? If it does not, no labeller (the loop's votes included) can teach it, and the
+headroom lies in the architecture. For ``--steps`` steps it draws ``--batch`` questions of the
+``--qtypes`` types (uniform over the types) about fresh ``pool`` scenes (``--scenes`` distinct ones),
+answers them from ground truth and takes one cross-entropy step under the canonical Solver prompt,
+training the language model with the vision tower and the projector frozen (``--train language``; or
+the Solver's LoRA adapter alone, ``--train adapter``, what the loop trains). Every ``--eval-every``
+steps it scores ``--val-questions`` held-out ``val`` questions per type by forced choice: the answer
+word of the type with the highest log-probability under the canonical prompt (chance is 50 % for
+yes/no types).
+
+Two controls say where a failure lies:
+
+- ``--attention-probe STEPS`` (on by default, 300 steps; 0 turns it off) trains a one-layer attention
+  read-out on the same frozen image tokens instead of the language model: a learned (colour, shape)
+  query attends once over the 64 layer-normed tokens, and a small MLP answers "is there a <colour>
+  <shape>?" (3 000 ``pool`` scenes, scored on 500 ``val`` scenes). If it answers existence and the
+  language model does not, the tokens hold the answer and one attention read reaches it: what fails
+  is the language model's learning, not the eyes.
+- ``--normalize-image-tokens`` layer-norms the projector's output and scales it to the RMS of the
+  language model's token embeddings, through a forward hook (nothing in the checkpoint changes). The
+  projector's tokens are about 75 times larger than the text embeddings in the bases of
+  docs/results.md; this tests whether that mismatch is what stops the language model.
+
+Results go to ``benchmarks/results/learnability.json`` (or ``--out``) with a markdown table and a plot
+of the curves beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks._results import command_line, machine, publish
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+
+
+def question_items(split: str, seed: int, qtypes: list[str], per_type: int, scenes: int | None = None) -> list[Any]:
+    """``per_type`` (qa, scene index) pairs of each type in ``qtypes`` about scenes ``0, 1, ...`` of ``split``
+    (at most ``scenes`` of them, cycled); a scene that has no question of a type is skipped for it."""
+    import numpy as np
+
+    from asg.shapes import questions, scene_for
+
+    out: list[Any] = []
+    for qtype in qtypes:
+        got, i = 0, 0
+        while got < per_type:
+            if scenes is not None and i >= 50 * scenes + per_type:
+                raise SystemExit(f"--scenes {scenes}: too few scenes of the {split} split have a {qtype} question")
+            index = i % scenes if scenes else i
+            rng = np.random.default_rng([seed, index, i, 17])
+            pool = [q for q in questions(scene_for(split, seed, index), rng) if q.qtype == qtype]
+            i += 1
+            if pool:
+                out.append((pool[int(rng.integers(len(pool)))], index))
+                got += 1
+    return out
+
+
+def forced_choice(backbone: Any, items: list[tuple[Any, Any]], batch: int = 60) -> list[bool]:
+    """For (qa, image) ``items``: is the right answer the most likely answer word of its type under the
+    canonical prompt (summed log-probability of the answer turn, answer tag and end of turn included)?"""
+    import torch
+
+    from asg.backbones.tiny import templates as T
+    from asg.evaluation import solver_prompt_text
+    from asg.shapes import answer_words
+    from asg.types import Prompt
+
+    rows = [(k, w) for k, (qa, _) in enumerate(items) for w in answer_words(qa.qtype)]
+    scores: dict[int, dict[str, float]] = {}
+    with torch.no_grad(), backbone.use_role("solver"):
+        for start in range(0, len(rows), batch):
+            chunk = rows[start:start + batch]
+            prompts = [Prompt(solver_prompt_text(backbone, items[k][0].question), image=items[k][1]) for k, _ in chunk]
+            out = backbone.score(prompts, [T.ANSWER.format(answer=w) for _, w in chunk])
+            for (k, w), lp in zip(chunk, (out.logprobs * out.mask).sum(1).tolist()):
+                scores.setdefault(k, {})[w] = lp
+    return [max(scores[k], key=scores[k].__getitem__) == qa.answer for k, (qa, _) in enumerate(items)]
+
+
+def normalize_image_tokens(backbone: Any) -> float:
+    """Layer-norm every image token at the projector's output and scale it to the RMS of the language
+    model's input embeddings (a forward hook; the weights are untouched). Returns that RMS."""
+    import torch
+
+    vlm = backbone.net["vlm"].model
+    rms = float(vlm.language_model.get_input_embeddings().weight.detach().pow(2).mean(-1).sqrt().mean())
+
+    def hook(module: Any, inputs: Any, out: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.layer_norm(out, out.shape[-1:]) * rms
+
+    vlm.multi_modal_projector.register_forward_hook(hook)
+    return rms
+
+
+def token_rms(backbone: Any, images: list[Any]) -> float:
+    """Mean RMS of the image tokens the language model reads for ``images``."""
+    import torch
+
+    from asg.backbones.tiny.perception import image_tokens, pixel_values
+
+    with torch.no_grad():
+        return float(image_tokens(backbone, pixel_values(backbone, images)).pow(2).mean(-1).sqrt().mean())
+
+
+def attention_probe(backbone: Any, steps: int, seed: int, train_scenes: int = 3000, val_scenes: int = 500) -> float:
+    """Held-out existence accuracy (%) of a one-layer attention read-out of the frozen image tokens: a
+    learned query per (colour, shape) attends once over the layer-normed tokens; an MLP of the pooled
+    value and the query answers yes or no. AdamW at 3e-3, batches of 128 existence questions."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from asg.backbones.tiny.perception import image_tokens, pixel_values
+    from asg.shapes import questions, render, scene_for
+    from asg.shapes.vocab import COLORS, SHAPES
+
+    colors = list(COLORS)
+
+    def data(split: str, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([seed, 29])
+        scenes = [scene_for(split, seed, i) for i in range(n)]
+        with torch.no_grad():
+            tokens = torch.cat([image_tokens(backbone, pixel_values(backbone, [render(s, backbone.image_size[0])
+                                                                              for s in scenes[k:k + 250]]))
+                                for k in range(0, n, 250)]).float()
+        rows, labels = [], []
+        for i, scene in enumerate(scenes):
+            for qa in questions(scene, rng):
+                if qa.qtype == "existence":
+                    words = qa.question.rstrip("?").split()
+                    rows.append((i, colors.index(words[-2]), SHAPES.index(words[-1])))
+                    labels.append(qa.answer == "yes")
+        return tokens, torch.tensor(rows), torch.tensor(labels, dtype=torch.float32)
+
+    class Probe(nn.Module):
+        def __init__(self, width: int, d: int = 64) -> None:
+            super().__init__()
+            self.norm, self.key, self.value = nn.LayerNorm(width), nn.Linear(width, d), nn.Linear(width, d)
+            self.color, self.shape = nn.Embedding(len(colors), d), nn.Embedding(len(SHAPES), d)
+            self.out = nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.Linear(d, 1))
+
+        def forward(self, x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+            x = self.norm(x)
+            query = self.color(q[:, 1]) + self.shape(q[:, 2])  # (B, d)
+            att = torch.softmax(torch.einsum("btd,bd->bt", self.key(x), query) / query.shape[-1] ** 0.5, -1)
+            pooled = torch.einsum("bt,btd->bd", att, self.value(x))
+            return self.out(torch.cat([pooled, query], -1)).squeeze(-1)
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        x_tr, q_tr, y_tr = data("pool", train_scenes)
+        x_va, q_va, y_va = data("val", val_scenes)
+        probe = Probe(x_tr.shape[-1])
+        opt = torch.optim.AdamW(probe.parameters(), lr=3e-3)
+        for _ in range(steps):
+            idx = torch.randint(len(q_tr), (128,), generator=gen)
+            q = q_tr[idx]
+            loss = nn.functional.binary_cross_entropy_with_logits(probe(x_tr[q[:, 0]], q), y_tr[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            return 100.0 * float(((probe(x_va[q_va[:, 0]], q_va) > 0).float() == y_va).float().mean())
+
+
+def trainable(backbone: Any, what: str) -> list[Any]:
+    """``language``: every weight of the language model (embeddings and head included), the vision tower,
+    projector, generation head and autoencoder frozen; ``adapter``: the Solver's LoRA adapter alone."""
+    adapter = list(backbone.trainable_parameters("solver"))
+    backbone.net.requires_grad_(False)
+    chosen = adapter
+    if what == "language":
+        vlm = backbone.net["vlm"]
+        ids = {id(p) for role in backbone.adapters.roles for p in backbone.trainable_parameters(role)}
+        chosen = adapter + [p for p in [*vlm.model.language_model.parameters(), *vlm.lm_head.parameters()]
+                            if id(p) not in ids]
+    chosen = list({id(p): p for p in chosen}.values())  # the head is tied to the embeddings
+    for p in chosen:
+        p.requires_grad_(True)
+    return chosen
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    from asg.backbones.tiny import templates as T
+    from asg.evaluation import solver_prompt_text
+    from asg.progress import progress_bar
+    from asg.shapes import render, scene_for
+    from asg.train.cli import load_backbone
+    from asg.types import Prompt
+
+    t0 = time.time()
+    torch.manual_seed(args.seed)
+    backbone = load_backbone(argparse.Namespace(backbone="tiny", preset=None, model=args.model, device="cpu",
+                                                adapters=None))
+    size = backbone.image_size[0]
+    probe = None
+    if args.attention_probe and "existence" in args.qtypes:
+        probe = attention_probe(backbone, args.attention_probe, args.seed)
+        print(f"attention probe of the frozen image tokens: val existence {probe:.1f}%", flush=True)
+    sample = [render(scene_for("val", args.seed, i), size) for i in range(16)]
+    rms = {"image_tokens": token_rms(backbone, sample)}
+    if args.normalize_image_tokens:
+        rms["text_embeddings"] = normalize_image_tokens(backbone)
+        rms["image_tokens_normalized"] = token_rms(backbone, sample)
+    params = trainable(backbone, args.train)
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    val = [(qa, render(scene_for("val", args.seed, i), size))
+           for qa, i in question_items("val", args.seed, args.qtypes, args.val_questions)]
+    train = question_items("pool", 20_000 + args.seed, args.qtypes, args.steps * args.batch, scenes=args.scenes)
+    order = np.random.default_rng([args.seed, 3]).permutation(len(train))  # types mixed in every batch
+    images: dict[int, Any] = {}
+
+    def evaluate(step: int, loss: float | None) -> dict[str, Any]:
+        ok = forced_choice(backbone, val)
+        row: dict[str, Any] = {"step": step, "loss": loss}
+        for qtype in args.qtypes:
+            hits = [o for o, (qa, _) in zip(ok, val) if qa.qtype == qtype]
+            row[qtype] = 100.0 * sum(hits) / len(hits)
+        return row
+
+    curve = [evaluate(0, None)]
+    losses: list[float] = []
+    backbone.net.train()
+    backbone.net["vae"].eval()
+    with progress_bar(total=args.steps, desc="learnability") as bar, backbone.use_role("solver"):
+        for step in range(1, args.steps + 1):
+            lr = args.lr * min(1.0, step / 50) * (0.1 + 0.45 * (1 + math.cos(math.pi * step / args.steps)))
+            for group in opt.param_groups:
+                group["lr"] = lr
+            chunk = [train[order[(step - 1) * args.batch + j]] for j in range(args.batch)]
+            for _, i in chunk:
+                if i not in images:
+                    images[i] = render(scene_for("pool", 20_000 + args.seed, i), size)
+            prompts = [Prompt(solver_prompt_text(backbone, qa.question), image=images[i]) for qa, i in chunk]
+            out = backbone.score(prompts, [T.ANSWER.format(answer=qa.answer) for qa, _ in chunk], grad=True)
+            loss = -(out.logprobs * out.mask).sum() / out.mask.sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            losses.append(loss.item())
+            bar.set(loss=loss.item())
+            bar.update(1)
+            if step % args.eval_every == 0 or step == args.steps:
+                backbone.net.eval()
+                row = evaluate(step, sum(losses[-args.eval_every:]) / len(losses[-args.eval_every:]))
+                backbone.net.train()
+                backbone.net["vae"].eval()
+                curve.append(row)
+                bar.write(f"step {step}: " + ", ".join(f"{t} {row[t]:.1f}%" for t in args.qtypes))
+    return {"curve": curve, "_meta": {
+        "command": command_line("learnability"), "model": args.model or "shipped tiny", "qtypes": args.qtypes,
+        "train": args.train, "steps": args.steps, "batch": args.batch, "lr": args.lr, "scenes": args.scenes,
+        "distinct_training_scenes": len({i for _, i in train}), "val_questions": args.val_questions, "seed": args.seed,
+        "normalize_image_tokens": args.normalize_image_tokens, "token_rms": rms, "attention_probe_existence": probe,
+        "seconds": round(time.time() - t0, 1), "machine": machine()}}
+
+
+def table(result: dict[str, Any]) -> str:
+    qtypes = result["_meta"]["qtypes"]
+    lines = ["| step | mean loss | " + " | ".join(f"{t} %" for t in qtypes) + " |",
+             "|---:|---:|" + "---:|" * len(qtypes)]
+    for row in result["curve"]:
+        loss = "–" if row["loss"] is None else f"{row['loss']:.3f}"
+        lines.append(f"| {row['step']} | {loss} | " + " | ".join(f"{row[t]:.1f}" for t in qtypes) + " |")
+    meta = result["_meta"]
+    if meta.get("attention_probe_existence") is not None:
+        lines += ["", f"One attention read of the same frozen image tokens (`attention_probe`): val existence "
+                      f"{meta['attention_probe_existence']:.1f} %."]
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    meta = result["_meta"]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    steps = [r["step"] for r in result["curve"]]
+    for t in meta["qtypes"]:
+        ax.plot(steps, [r[t] for r in result["curve"]], "o-", label=t)
+    ax.axhline(50, color="grey", lw=0.8, ls="--")
+    ax.set_ylim(0, 100)
+    ax.set_xlabel(f"step ({meta['batch']} correct labels each)")
+    ax.set_ylabel("held-out accuracy % (forced choice)")
+    if meta.get("attention_probe_existence") is not None:
+        ax.axhline(meta["attention_probe_existence"], color="C0", lw=0.8, ls=":", label="existence, one attention read")
+    norm = ", image tokens normalised" if meta.get("normalize_image_tokens") else ""
+    ax.set_title(f"{meta['model']}: trains {meta['train']}{norm}", fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from asg.shapes.vocab import QTYPES
+
+    bad = [t for t in args.qtypes if t not in QTYPES]
+    if bad:
+        raise SystemExit(f"--qtypes: unknown question type(s) {', '.join(bad)}; choose from {', '.join(QTYPES)}")
+    if args.attention_probe < 0:
+        raise SystemExit(f"--attention-probe must be >= 0 steps, got {args.attention_probe}")
+    if min(args.steps, args.batch, args.eval_every, args.val_questions) < 1 or (args.scenes is not None and args.scenes < 1):
+        raise SystemExit("--steps, --batch, --eval-every, --val-questions and --scenes must be >= 1; got "
+                         f"{args.steps}, {args.batch}, {args.eval_every}, {args.val_questions}, {args.scenes}")
+    if args.model is not None and not Path(args.model).exists():
+        raise SystemExit(f"--model: {args.model} does not exist")
+    result = measure(args)
+    out = Path(args.out) if args.out else RESULTS / "learnability.json"
+    meta = result["_meta"]
+    publish(out, result, f"Can the model learn {', '.join(meta['qtypes'])} from correct labels?", table(result),
+            f"model {meta['model']}; trains {meta['train']} (vision tower and projector frozen"
+            f"{'; image tokens layer-normed to the text embeddings RMS' if meta['normalize_image_tokens'] else ''}); "
+            f"{meta['steps']} steps × "
+            f"{meta['batch']} correct labels about {meta['distinct_training_scenes']} distinct pool scenes, "
+            f"lr {meta['lr']:g}; {meta['val_questions']} val questions per type, scored by forced choice.")
+    plot(result, out.with_suffix(".png"))
+    return result
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="python -m benchmarks learnability", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=None, help="local tiny checkpoint (default: the shipped weights)")
+    p.add_argument("--qtypes", nargs="+", default=["existence"], help="question types to train and score (default existence)")
+    p.add_argument("--train", choices=("language", "adapter"), default="language",
+                   help="the language model with the eyes frozen (default), or the Solver's LoRA adapter alone")
+    p.add_argument("--steps", type=int, default=600, help="update steps (default 600)")
+    p.add_argument("--batch", type=int, default=32, help="questions per step (default 32)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate, 50 warm-up steps then cosine (default 1e-3)")
+    p.add_argument("--scenes", type=int, default=None, help="distinct pool scenes to draw from (default: a new one per question)")
+    p.add_argument("--eval-every", type=int, default=100, help="steps between evaluations (default 100)")
+    p.add_argument("--val-questions", type=int, default=200, help="held-out questions per type (default 200)")
+    p.add_argument("--normalize-image-tokens", action="store_true",
+                   help="layer-norm the projector's output to the text embeddings' RMS (a hook; weights untouched)")
+    p.add_argument("--attention-probe", type=int, default=300,
+                   help="steps of the one-attention-read existence probe, run when existence is asked (default 300; 0: off)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the scenes and the order (default 0)")
+    p.add_argument("--out", help="result file (default benchmarks/results/learnability.json)")
+    return p
