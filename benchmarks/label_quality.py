@@ -100,14 +100,17 @@ def _train(backbone: Any, examples: list[tuple[Any, Any, str]], args: argparse.N
 
 def trainable(backbone: Any, what: str) -> list[Any]:
     """The weights the fine-tuning trains: the Solver's LoRA adapter (``adapter``, what the loop trains),
-    or that plus every base weight of the vision-language model (``full``: a capacity check). Only
-    these require grad afterwards."""
+    or that plus every base weight of the vision-language model (``full``: a capacity check), or plus
+    every weight of the language model alone, its embeddings and (tied) head included, the vision tower
+    and projector frozen (``language``; ``benchmarks learnability``). Only these require grad afterwards."""
     adapter = list(backbone.trainable_parameters("solver"))
     backbone.net.requires_grad_(False)
     chosen = adapter
-    if what == "full":
+    if what in ("full", "language"):
+        vlm = backbone.net["vlm"]
+        base = vlm.parameters() if what == "full" else [*vlm.model.language_model.parameters(), *vlm.lm_head.parameters()]
         ids = {id(p) for role in backbone.adapters.roles for p in backbone.trainable_parameters(role)}
-        chosen = adapter + [p for p in backbone.net["vlm"].parameters() if id(p) not in ids]
+        chosen = adapter + list({id(p): p for p in base if id(p) not in ids}.values())  # the head is tied
     for p in chosen:
         p.requires_grad_(True)
     return chosen

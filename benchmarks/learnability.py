@@ -125,7 +125,7 @@ def attention_probe(backbone: Any, steps: int, seed: int, train_scenes: int = 30
     from torch import nn
 
     from asg.backbones.tiny.perception import image_tokens, pixel_values
-    from asg.shapes import questions, render, scene_for
+    from asg.shapes import question_template, questions, render, scene_for
     from asg.shapes.vocab import COLORS, SHAPES
 
     colors = list(COLORS)
@@ -141,8 +141,8 @@ def attention_probe(backbone: Any, steps: int, seed: int, train_scenes: int = 30
         for i, scene in enumerate(scenes):
             for qa in questions(scene, rng):
                 if qa.qtype == "existence":
-                    words = qa.question.rstrip("?").split()
-                    rows.append((i, colors.index(words[-2]), SHAPES.index(words[-1])))
+                    named = question_template(qa.question)[1]
+                    rows.append((i, colors.index(named["color"]), SHAPES.index(named["shape"])))
                     labels.append(qa.answer == "yes")
         return tokens, torch.tensor(rows), torch.tensor(labels, dtype=torch.float32)
 
@@ -178,23 +178,6 @@ def attention_probe(backbone: Any, steps: int, seed: int, train_scenes: int = 30
             return 100.0 * float(((probe(x_va[q_va[:, 0]], q_va) > 0).float() == y_va).float().mean())
 
 
-def trainable(backbone: Any, what: str) -> list[Any]:
-    """``language``: every weight of the language model (embeddings and head included), the vision tower,
-    projector, generation head and autoencoder frozen; ``adapter``: the Solver's LoRA adapter alone."""
-    adapter = list(backbone.trainable_parameters("solver"))
-    backbone.net.requires_grad_(False)
-    chosen = adapter
-    if what == "language":
-        vlm = backbone.net["vlm"]
-        ids = {id(p) for role in backbone.adapters.roles for p in backbone.trainable_parameters(role)}
-        chosen = adapter + [p for p in [*vlm.model.language_model.parameters(), *vlm.lm_head.parameters()]
-                            if id(p) not in ids]
-    chosen = list({id(p): p for p in chosen}.values())  # the head is tied to the embeddings
-    for p in chosen:
-        p.requires_grad_(True)
-    return chosen
-
-
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
     import torch
@@ -205,6 +188,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from asg.shapes import render, scene_for
     from asg.train.cli import load_backbone
     from asg.types import Prompt
+    from benchmarks.label_quality import trainable
 
     t0 = time.time()
     torch.manual_seed(args.seed)
@@ -224,7 +208,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     val = [(qa, render(scene_for("val", args.seed, i), size))
            for qa, i in question_items("val", args.seed, args.qtypes, args.val_questions)]
-    train = question_items("pool", 20_000 + args.seed, args.qtypes, args.steps * args.batch, scenes=args.scenes)
+    per_type = -(-args.steps * args.batch // len(args.qtypes))  # steps x batch in all, rounded up
+    train = question_items("pool", 20_000 + args.seed, args.qtypes, per_type, scenes=args.scenes)
     order = np.random.default_rng([args.seed, 3]).permutation(len(train))  # types mixed in every batch
     images: dict[int, Any] = {}
 

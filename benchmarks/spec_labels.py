@@ -18,8 +18,8 @@ labels against the candidate's detected scene:
 - ``expected``: the answer the Proposer wrote into the spec;
 - ``reference``: the Solver's majority on the real image (what QA fidelity compares with, §6.3);
 - ``judge``: the Solver's majority on the candidate (the answers QA fidelity scores);
-- ``greedy``: the Solver's greedy answer on the candidate under the canonical prompt, i.e. what it
-  answers there already.
+- ``greedy``: the Solver's greedy answer on the candidate (PPS sample 0: the canonical framing with
+  focus hint 0, as recipe ``demo`` asks it), i.e. what it answers there already.
 
 A label source can teach only if it beats ``greedy``. ``expected`` and ``reference`` are also graded
 against the real scene. Questions whose premise fails on an image (they name an object that is not

@@ -16,7 +16,8 @@ import torch
 from asg.backbones.tiny import templates as T
 from asg.shapes import answer_question, render, scene_for
 from asg.shapes.qa import QA
-from benchmarks.learnability import attention_probe, forced_choice, normalize_image_tokens, question_items, token_rms, trainable
+from benchmarks.label_quality import trainable
+from benchmarks.learnability import attention_probe, forced_choice, normalize_image_tokens, question_items, token_rms
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -26,6 +26,7 @@ reference answer in QA fidelity).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -143,7 +144,8 @@ def _generation_step(tr: Any, bb: Any, image: Any, step: int) -> tuple[dict[str,
     m: dict[str, Any] = {"malformed.caption": 0, "malformed.proposer": 0, "malformed.solver": 0}
 
     # 1. spec with the Solver's gate on the real image
-    chosen = write_gated_spec(bb, image, recipe, lambda tag: tr.seed_for(step, tag))
+    seed = functools.partial(tr.seed_for, step)  # seed(tag): this step's seed for one call
+    chosen = write_gated_spec(bb, image, recipe, seed)
     caption, proposal, gate = chosen.caption, chosen.proposal, chosen.gate
     for k, v in chosen.malformed.items():
         m[k] += v
@@ -160,17 +162,16 @@ def _generation_step(tr: Any, bb: Any, image: Any, step: int) -> tuple[dict[str,
         return m, rollout, []
 
     # 2. L candidates
-    cands = list(generator.generate(bb, [spec], seed=tr.seed_for(step, "generate"))[0])
+    cands = list(generator.generate(bb, [spec], seed=seed("generate"))[0])
 
     # 3. internal evaluation
-    reference, generated, bad = judge_candidates(bb, image, spec, gate, [c.image for c in cands], recipe,
-                                                 lambda tag: tr.seed_for(step, tag))
+    reference, generated, bad = judge_candidates(bb, image, spec, gate, [c.image for c in cands], recipe, seed)
     m["malformed.solver"] += bad
     rcfg = recipe.rewards
     fid = qa_fidelity(generated, reference, rcfg.fidelity)
     ctr = contradiction(generated, reference)
     cycle_caps = _captions(bb, [c.image for c in cands], max_new_tokens=g.caption_max_new_tokens, temperature=0.0,
-                           seed=tr.seed_for(step, "cycle"))
+                           seed=seed("cycle"))
     m["malformed.caption"] += sum(not c for c in cycle_caps)
     text_emb = bb.embed_text([spec.prompt, *cycle_caps])  # (1 + L, D), base model
     img_emb = bb.embed_image([c.image for c in cands])  # (L, D)
