@@ -176,3 +176,16 @@ def test_language_model_size_of_a_fresh_pretraining(tmp_path: Path) -> None:
     for sizes in ({"text_layers": 6}, {"text_intermediate": 1024}):
         with pytest.raises(ConfigError, match="keeps its own architecture"):
             PretrainConfig(init_from=str(tmp_path / "wide"), **sizes)
+
+
+def test_eval_line_lists_vqa_by_question_type(runs) -> None:
+    """The progress line of an evaluation names every question type of the report's eval, with its score."""
+    from asg.backbones.tiny.pretrain import _eval_line
+
+    ev = json.loads((runs["a"] / "pretrain_report.json").read_text())["evals"][-1]
+    line = _eval_line(ev)
+    assert line.startswith(f"step 2: val VQA {ev['val_vqa_accuracy']:.1f}%")
+    qtypes = [k[len("val_vqa_"):] for k in ev if k.startswith("val_vqa_") and k != "val_vqa_accuracy"]
+    assert qtypes and all(f"{q} {ev['val_vqa_' + q]:.1f}" in line for q in qtypes)
+    hand = {"step": 7, "val_vqa_accuracy": 60.0, "val_geneval_mini": 20.0, "val_vqa_existence": 75.0, "val_vqa_color": 50.0}
+    assert _eval_line(hand) == "step 7: val VQA 60.0%  val GenEval-mini 20.0  [VQA by type: color 50.0  existence 75.0]"

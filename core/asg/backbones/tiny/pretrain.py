@@ -139,6 +139,15 @@ def _quick_eval(backbone: TinyBackbone, cfg: PretrainConfig) -> dict[str, float]
             **{f"val_geneval_{k}": v for k, v in gen["per_tag"].items()}}
 
 
+def _eval_line(ev: dict[str, float]) -> str:
+    """One progress line per evaluation: overall VQA and GenEval-mini, then VQA by question type (which
+    types have left chance is what a pretraining run is watched for)."""
+    by_type = "  ".join(f"{k[len('val_vqa_'):]} {v:.1f}" for k, v in sorted(ev.items())
+                        if k.startswith("val_vqa_") and k != "val_vqa_accuracy")
+    line = f"step {ev['step']}: val VQA {ev['val_vqa_accuracy']:.1f}%  val GenEval-mini {ev['val_geneval_mini']:.1f}"
+    return f"{line}  [VQA by type: {by_type}]" if by_type else line
+
+
 _LONG_TASKS = ("proposer", "spec")  # targets of ~80 tokens, against ~6 for an answer
 
 
@@ -252,7 +261,7 @@ def pretrain(cfg: PretrainConfig, out: Path) -> dict[str, Any]:
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
                 ev = {"step": step, **_quick_eval(backbone, cfg)}
                 evals.append(ev)
-                bar.write(f"step {step}: val VQA {ev['val_vqa_accuracy']:.1f}%  val GenEval-mini {ev['val_geneval_mini']:.1f}")
+                bar.write(_eval_line(ev))
     backbone.net.eval()
     backbone.net["vlm"].model.vision_tower.requires_grad_(True)
     if heads is not None:
