@@ -15,6 +15,7 @@ SUITES = {
     "label_quality": ("benchmarks.label_quality", "what labels of a given accuracy teach the Solver: fine-tune on pool questions, measure VQA"),
     "spec_labels": ("benchmarks.spec_labels", "would the gen-step Solver update teach right answers: spec labels graded on the generated images"),
     "learnability": ("benchmarks.learnability", "can the language model learn a question type from abundant correct labels, eyes frozen"),
+    "scene_vote": ("benchmarks.scene_vote", "does voting across the related questions of one image beat the Solver's own answers"),
     "shapes": ("benchmarks.shapes", "self-evolution of tiny on ShapesWorld: base vs evolved, full recipe and ablations"),
     "geneval": ("benchmarks.geneval", "GenEval with the official evaluator: write samples, run evaluate_images.py in its own env, score"),
     "geneval_mini": ("benchmarks.geneval_mini", "GenEval-mini on ShapesWorld for any backbone (CPU, exact checker)"),

@@ -12,7 +12,9 @@ the majority answers the Solver gave them. Questions outside the templates are o
 
 Read ``trained`` first: those are the questions the §3.9 gate let through to the Solver's update,
 i.e. what the Solver was taught. If their majority is hardly more accurate than their greedy answer,
-self-consistency has little to teach on them. Results go to ``benchmarks/results/audit.json`` (or
+self-consistency has little to teach on them. Runs with ``solver.scene_vote_questions`` also trained on
+scene-vote labels (``scene_vote`` in each rollout); those are graded apart, against the Solver's own
+most likely answer to the same question (``independent``). Results go to ``benchmarks/results/audit.json`` (or
 ``--out``) with a markdown table beside it.
 """
 
@@ -52,6 +54,46 @@ def _records(run: Path) -> Iterable[dict[str, Any]]:
         for e in extras:
             yield {"image": r["image"], "question": e["question"], "labels": e["labels"], "majority": e["majority"],
                    "trained": e["skip"] is None, "pick": False}
+
+
+def _scene_vote_records(run: Path) -> Iterable[dict[str, Any]]:
+    """One record per scene-vote label of a U-step (recipe option ``solver.scene_vote_questions``)."""
+    for line in (run / "rollouts.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if r.get("phase") == "U":
+            for s in r.get("scene_vote", []):
+                yield {"image": r["image"], **s}
+
+
+def grade_scene_vote(records: list[dict[str, Any]], scenes: dict[str, Any]) -> dict[str, Any]:
+    """Accuracy (percent) per question type of scene-vote labels and of the Solver's own most likely
+    answers to the same questions, and of both where the label differs from that answer; labels whose
+    question's premise fails in the true scene are counted apart."""
+    from asg.shapes import answer_correct, answer_question
+
+    by_type: dict[str, list[int]] = {}
+    changed = [0, 0, 0]
+    premise = 0
+    for rec in records:
+        qa = answer_question(rec["question"], scenes[rec["image"]])
+        if qa is None:
+            premise += 1
+            continue
+        ok, ind = answer_correct(rec["label"], qa), answer_correct(rec["independent"], qa)
+        for key in (qa.qtype, "all"):
+            g = by_type.setdefault(key, [0, 0, 0])
+            g[0] += 1
+            g[1] += ok
+            g[2] += ind
+        if rec["label"] != rec["independent"]:
+            changed[0] += 1
+            changed[1] += ok
+            changed[2] += ind
+    rows = {k: {"n": g[0], "label": 100.0 * g[1] / g[0], "independent": 100.0 * g[2] / g[0]}
+            for k, g in sorted(by_type.items(), key=lambda kv: (kv[0] == "all", kv[0]))}
+    return {"by_qtype": rows, "false_premise": premise,
+            "changed": {"n": changed[0], "label": 100.0 * changed[1] / max(changed[0], 1),
+                        "independent": 100.0 * changed[2] / max(changed[0], 1)}}
 
 
 def _scenes(images: Iterable[str]) -> dict[str, Any]:
@@ -125,6 +167,17 @@ def table(result: dict[str, Any]) -> str:
                 shown = ", ".join(f"{a} ({c})" for a, c in list(answers.items())[:4])
                 lines.append(f"| {kind} | {sum(answers.values())} | {shown} |")
         lines.append("")
+    if "scene_vote" in result:
+        sv = result["scene_vote"]
+        lines += ["Scene-vote labels the Solver was trained on (`solver.scene_vote_questions`):", "",
+                  "| question type | n | label correct % | Solver's own answer correct % |", "|---|---:|---:|---:|"]
+        for key, r in sv["by_qtype"].items():
+            name = f"**{key}**" if key == "all" else key
+            lines.append(f"| {name} | {r['n']} | {r['label']:.1f} | {r['independent']:.1f} |")
+        c = sv["changed"]
+        lines += ["", f"Where the label differs from the Solver's own answer ({c['n']} labels): label right "
+                  f"{c['label']:.1f} %, own answer right {c['independent']:.1f} %. Not graded: {sv['false_premise']} "
+                  "labels whose question's premise fails in the true scene.", ""]
     lines.append(f"`{result['_meta']['command']}`")
     return "\n".join(lines)
 
@@ -135,7 +188,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if not (r / "rollouts.jsonl").exists():
             raise SystemExit(f"{r} is not a run directory: it has no rollouts.jsonl")
     records = [rec for r in runs for rec in _records(r)]
-    result = grade(records, _scenes(rec["image"] for rec in records))
+    scene = [rec for r in runs for rec in _scene_vote_records(r)]
+    scenes = _scenes([rec["image"] for rec in records] + [rec["image"] for rec in scene])
+    result = grade(records, scenes)
+    if scene:
+        result["scene_vote"] = grade_scene_vote(scene, scenes)
     result["_meta"] = {"runs": [str(r) for r in runs], "questions": len(records),
                        "command": command_line("audit")}
     text = table(result)

@@ -19,7 +19,11 @@ Sources:
   drawn uniformly (labels of a known accuracy P);
 - ``greedy``: the Solver's own greedy answer (self-distillation; should change little);
 - ``majority``: the majority of N answers under Prompt-Perturbed Sampling (what the loop uses);
-- ``confident``: the same, only questions whose majority has at least ``--confident`` of the N votes.
+- ``confident``: the same, only questions whose majority has at least ``--confident`` of the N votes;
+- ``scene_vote``: the answer implied by the scene table that the Solver's answers to all 37 related
+  questions about the image agree on best (:mod:`asg.shapes.scene_vote`, ``benchmarks scene_vote``); no
+  ground truth, like ``majority``. Position questions are outside that family and get no label, nor do
+  questions whose premise fails in the decoded table.
 
 ``--train full`` also trains every base weight of the vision-language model (a check of whether the
 adapter limits what the labels can teach; the loop itself only trains adapters).
@@ -42,7 +46,7 @@ from benchmarks._results import command_line, machine, publish
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
-SOURCES = ("oracle", "noisy", "greedy", "majority", "confident")
+SOURCES = ("oracle", "noisy", "greedy", "majority", "confident", "scene_vote")
 
 
 def parse_source(text: str) -> tuple[str, float | None]:
@@ -132,15 +136,40 @@ def _majorities(backbone: Any, items: list[Any], args: argparse.Namespace, seed:
     return out
 
 
-def labelled(source: str, p: float | None, items: list[Any], votes: list[tuple[str, int, str]] | None,
-             budget: int, args: argparse.Namespace, seed: int) -> list[tuple[Any, Any, str]]:
-    """Up to ``budget`` (image, question, label) triples of ``source`` from the candidate ``items``."""
+def scene_votes(backbone: Any, items: list[Any], batch: int = 8) -> Any:
+    """For each (qa, image) item in turn, the scene-vote answer to its question: the answer the decoded
+    scene table of its image implies (``joint-all`` of ``benchmarks scene_vote``), or None when the
+    question is outside the family (position) or its premise fails in that table. Lazy: images are
+    scored ``batch`` at a time, only as far as the caller reads."""
+    from asg.roles.scene_vote import family_logprobs
+    from asg.shapes.scene_vote import decode, family
+
+    index = {q: k for k, (_, q, _) in enumerate(family())}
+    for start in range(0, len(items), batch):
+        chunk = items[start:start + batch]
+        asked = [(qa, im) for qa, im in chunk if qa.question in index]
+        decoded = iter(family_logprobs(backbone, [im for _, im in asked]) if asked else [])
+        for qa, _ in chunk:
+            k = index.get(qa.question)
+            yield None if k is None else decode(next(decoded))[1][k]
+
+
+def labelled(source: str, p: float | None, items: list[Any], votes: Any, budget: int, args: argparse.Namespace,
+             seed: int) -> list[tuple[Any, Any, str]]:
+    """Up to ``budget`` (image, question, label) triples of ``source`` from the candidate ``items``.
+    ``votes``: per item, (majority, its vote count, greedy) for greedy/majority/confident, or an iterable
+    of scene-vote answers (None: no label) for scene_vote."""
     from asg.shapes import answer_words, normalize_answer
 
     rng = random.Random(seed * 7919 + 17)
     out = []
+    answers = iter(votes) if source == "scene_vote" else None
     for k, (qa, im) in enumerate(items):
-        if source == "oracle":
+        if answers is not None:
+            label = next(answers)
+            if label is None:
+                continue
+        elif source == "oracle":
             label = qa.answer
         elif source == "noisy":
             label = corrupt(qa.answer, qa.qtype, p or 0.0, rng)
@@ -187,7 +216,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             votes = _majorities(backbone, items, args, seed) if need_votes else None
             for source, p in sources:
                 name = source if p is None else f"{source}:{p:g}"
-                triples = labelled(source, p, items, votes, budget, args, seed)
+                triples = labelled(source, p, items, scene_votes(backbone, items) if source == "scene_vote" else votes,
+                                   budget, args, seed)
                 label_acc = 100.0 * sum(answer_correct(lab, qa) for _, qa, lab in triples) / max(1, len(triples))
                 losses = _train(backbone, [(im, qa.question, lab) for im, qa, lab in triples], args) if triples else []
                 after = evaluate_vqa(backbone, split=args.split, seed=seed, n=args.questions)
@@ -261,7 +291,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--split", choices=("val", "test"), default="val", help="held-out split (default val)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
     p.add_argument("--sources", nargs="+", default=["oracle", "noisy:0.75", "noisy:0.5", "greedy", "majority", "confident"],
-                   help="label sources: oracle, noisy:P, greedy, majority, confident")
+                   help="label sources: oracle, noisy:P, greedy, majority, confident, scene_vote")
     p.add_argument("--steps", type=int, default=60, help="update steps (default 60, the loop's length)")
     p.add_argument("--batch", type=int, default=3, help="questions per step (default 3, recipe demo's questions_per_step)")
     p.add_argument("--train", choices=("adapter", "full"), default="adapter",

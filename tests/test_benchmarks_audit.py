@@ -75,3 +75,30 @@ def test_audit_suite_end_to_end_and_errors(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "audit", str(run), "--out", str(out)],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode != 0 and "pool.labels.jsonl is missing" in proc.stderr
+
+
+def test_scene_vote_labels_graded_by_hand(tmp_path: Path) -> None:
+    from benchmarks.audit import _scene_vote_records, grade_scene_vote
+
+    run, truth = _run(tmp_path)
+    image = str(tmp_path / "pool" / "000000.png")
+    labels = [{"question": "How many shapes are there?", "kind": "count_all", "label": str(truth[0]),
+               "independent": str(truth[0] + 1)},  # the vote fixes the Solver's own answer
+              {"question": "How many purple shapes are there?", "kind": "count_color", "label": "2", "independent": "2"},
+              {"question": "What shape is the purple object?", "kind": "shape", "label": "circle",
+               "independent": "circle"}]  # two purple objects: the premise fails
+    rows = [json.loads(x) for x in (run / "rollouts.jsonl").read_text().splitlines()]
+    rows[0]["scene_vote"] = labels
+    (run / "rollouts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    records = list(_scene_vote_records(run))
+    assert [r["question"] for r in records] == [x["question"] for x in labels] and records[0]["image"] == image
+    result = grade_scene_vote(records, _scenes(r["image"] for r in records))
+    assert result["by_qtype"] == {"count": {"n": 2, "label": 100.0, "independent": 50.0},
+                                  "all": {"n": 2, "label": 100.0, "independent": 50.0}}
+    assert result["false_premise"] == 1 and result["changed"] == {"n": 1, "label": 100.0, "independent": 0.0}
+    out = tmp_path / "a.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "audit", str(run), "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.with_suffix(".md").read_text()
+    assert "Scene-vote labels the Solver was trained on" in text and "label right 100.0 %, own answer right 0.0 %" in text

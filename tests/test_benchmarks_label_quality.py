@@ -56,19 +56,28 @@ def test_labelled_sources_by_hand() -> None:
     assert [t[2] for t in labelled("confident", None, items, votes, 10, args, 0)] == ["1"]  # 6 of 7 votes at least
     assert len(labelled("oracle", None, items, None, 2, args, 0)) == 2  # the budget caps the count
     assert labelled("oracle", None, items, None, 10, args, 0)[0][:2] == ("im0", items[0][0])
+    # scene_vote: one answer (or None: no label) per item, read only as far as the budget needs
+    answers = iter(["3", None, "no", "never read"])
+    assert [t[2] for t in labelled("scene_vote", None, items, answers, 10, args, 0)] == ["3", "no"]
+    assert next(answers) == "never read"
+    answers = iter(["3", None, "no", "never read"])
+    assert [t[2] for t in labelled("scene_vote", None, items, answers, 1, args, 0)] == ["3"]
+    assert next(answers) is None  # the budget was met after the first item
 
 
 def test_label_quality_suite_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "lq.json"
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "label_quality", "--seeds", "0", "--steps", "2",
                            "--batch", "2", "--questions", "6", "--n", "3", "--confident", "2",
-                           "--sources", "oracle", "noisy:0", "majority", "--out", str(out)],
+                           "--sources", "oracle", "noisy:0", "majority", "scene_vote", "--out", str(out)],
                           capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert set(result["sources"]) == {"oracle", "noisy:0", "majority"}
+    assert set(result["sources"]) == {"oracle", "noisy:0", "majority", "scene_vote"}
     assert result["sources"]["oracle"]["label_accuracy"] == [100.0] and result["sources"]["oracle"]["labels"] == [4.0]
     assert result["sources"]["noisy:0"]["label_accuracy"] == [0.0]
+    # scene_vote fills the budget too, passing over position questions (outside its family)
+    assert result["sources"]["scene_vote"]["labels"] == [4.0]
     # every source starts from the same base adapter
     assert len({r["base"][0] for r in result["sources"].values()}) == 1
     assert out.with_suffix(".md").read_text().count("\n| ") >= 4

@@ -269,3 +269,38 @@ def test_solver_distillation_term(pool: Path, tmp_path: Path) -> None:
     assert load_recipe("demo").solver.distill_weight == 0.0
     with pytest.raises(Exception, match="distill_weight"):
         load_recipe("demo", ["solver.distill_weight=-1"])
+
+
+def test_solver_trains_on_scene_vote_labels(pool: Path, tmp_path: Path) -> None:
+    """solver.scene_vote_questions = 4: every U-step with a question labels 4 family questions of its
+    image by the scene vote, records them in the rollout and adds their cross-entropy to the Solver's
+    update, which steps even where the §3.9 gate skips every question."""
+    from asg.shapes import answer_question, scene_for
+    from asg.shapes.scene_vote import family
+
+    out = tmp_path / "scene"
+    gated = [o for o in SHORT if not o.startswith("rewards.solver.easy_skip")] + ["rewards.solver.easy_skip_majority=0.0"]
+    _train(pool, out, 2, overrides=[*gated, "solver.scene_vote_questions=4", "schedule.understanding=2",
+                                    "schedule.generation=0", "generator.update=false"])
+    rows = _metrics(out)
+    rollouts = read_jsonl(out / "rollouts.jsonl").records
+    questions = {q for _, q, _ in family()}
+    seen = 0
+    for r, ro in zip(rows, rollouts):
+        if ro.get("question") is None:
+            continue
+        seen += 1
+        assert r["solver.questions_trained"] == 0  # every majority is "easy" at easy_skip_majority 0
+        assert r["solver.scene_vote_labels"] == len(ro["scene_vote"]) == 4
+        assert r["solver.stepped"] and r["solver.scene_vote_ce"] > 0.0
+        assert r["solver.scene_vote_changed"] == sum(s["label"] != s["independent"] for s in ro["scene_vote"])
+        index = int(Path(ro["image"]).stem)
+        for s in ro["scene_vote"]:
+            assert s["question"] in questions
+            # a label is an answer of the question's type (right or wrong: the loop never sees the truth)
+            qa = answer_question(s["question"], scene_for("pool", 3, index))
+            assert qa is None or s["label"].isdigit() == qa.answer.isdigit()
+    assert seen, rollouts
+    assert load_recipe("demo").solver.scene_vote_questions == 0
+    with pytest.raises(Exception, match="scene_vote_questions"):
+        load_recipe("demo", ["solver.scene_vote_questions=-1"])

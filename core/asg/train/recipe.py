@@ -86,6 +86,14 @@ class SolverRole:
     # canonical prompt (PPS sample 0's), the prompt evaluation asks with; 0 = off, as the reference.
     # An asg extension: REINFORCE trains every sample under its own perturbed prompt (see training.md).
     distill_weight: float = attrs.field(default=0.0, validator=number(0.0, None))
+    # ShapesWorld pools only (an asg extension; 0 = off, as the reference): per U-step, this many
+    # questions about the image are labelled by the scene vote, the one scene table the Solver's answers
+    # to 37 related questions agree on best (asg.roles.scene_vote), and their cross-entropy under the
+    # canonical prompt joins the Solver's update. See docs/training.md.
+    scene_vote_questions: int = _pos(0, 0)
+    # draw those questions balanced like ShapesWorld's generator (colour counts of present colours plus
+    # one absent, existence strictly alternating yes/no); false = the first, unbalanced draw
+    scene_vote_balanced: bool = attrs.field(default=True, validator=boolean())
     update: bool = attrs.field(default=True, validator=boolean())  # train its adapter
     lr: float = _lr()
 

@@ -31,6 +31,7 @@ tag: non-canonical / low-info penalties, §3.7).
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -46,6 +47,7 @@ from asg.rewards import (
     vote,
 )
 from asg.roles import Proposal, Proposer, Solver, SolverAnswers, SolverSample
+from asg.roles.scene_vote import SceneLabel, scene_vote_labels
 from asg.roles.templates import RoleTemplates
 from asg.train.policy import mean_kl, score_policy
 from asg.train.updater import UpdateResult
@@ -214,13 +216,20 @@ def _understanding_step(tr: Any, bb: Any, image: Any, step: int) -> tuple[dict[s
     all_votes = [votes, *(c[0] for c in extra_cases)]
     trained = [(a, list(r.rewards), v.majority) for a, r, v in zip(all_answers, sreward_all, all_votes) if not r.skip]
     m["solver.questions_trained"] = len(trained) if recipe.solver.update else 0
+    scene: list[SceneLabel] = []
+    if recipe.solver.update and recipe.solver.scene_vote_questions:
+        scene = scene_vote_labels(bb, image, recipe.solver.scene_vote_questions, random.Random(tr.seed_for(step, "scene_vote")),
+                                  balanced=recipe.solver.scene_vote_balanced)
+        rollout["scene_vote"] = [lab.to_dict() for lab in scene]
+        m["solver.scene_vote_labels"] = len(scene)
+        m["solver.scene_vote_changed"] = sum(lab.label != lab.independent for lab in scene)
     if not recipe.solver.update:
         solver_result = UpdateResult.skipped("disabled")
-    elif not trained:
+    elif not trained and not scene:
         solver_result = tr.updaters["solver"].skip(f"gate:{sreward.skip_reason}")
     else:
         solver_result = _solver_update(tr, bb, [a for a, _, _ in trained], [x for _, r, _ in trained for x in r],
-                                       [majority for _, _, majority in trained])
+                                       [majority for _, _, majority in trained], scene=scene, image=image)
     prop_result = _proposer_update(tr, bb, step, image, [main, *extras], [preward.values[0]], extras_solver=solver, m=m)
     solver_result.record_into(m, "solver")
     prop_result.record_into(m, "proposer")
@@ -232,28 +241,45 @@ def _new_samples(answered: list[SolverAnswers]) -> list[SolverSample]:
     return [s for a in answered for s in a.samples if s.pps_index != 0]
 
 
-def _solver_update(tr: Any, bb: Any, answered: list[SolverAnswers], rewards: list[float], majorities: list[str]) -> UpdateResult:
+def _solver_update(tr: Any, bb: Any, answered: list[SolverAnswers], rewards: list[float], majorities: list[str], *,
+                   scene: Sequence[SceneLabel] = (), image: Any = None) -> UpdateResult:
     """REINFORCE + KL over the N samples of each trained question, each under its own PPS prompt (§3.9, §5.1),
-    plus ``solver.distill_weight`` × the cross-entropy of each majority answer under the canonical prompt."""
+    plus ``solver.distill_weight`` × the cross-entropy of each majority answer under the canonical prompt,
+    plus the cross-entropy of each ``scene`` label about ``image`` under the canonical prompt
+    (``solver.scene_vote_questions``). With no trained question the scene labels alone make the loss."""
     upd = tr.updaters["solver"]
-    adv = tr.state.solver_baseline.advantages(rewards)  # baseline read before each sample, then updated
-    prompts = [p for a in answered for p in a.prompts]
-    completions = [c for a in answered for c in a.completions]
-    passes = score_policy(bb, "solver", prompts, completions)
-    loss, diag = reinforce_loss(passes.logprobs, passes.mask, adv, kl=passes.kl, beta=upd.beta)
     extra: dict[str, float] = {}
+    if answered:
+        adv = tr.state.solver_baseline.advantages(rewards)  # baseline read before each sample, then updated
+        prompts = [p for a in answered for p in a.prompts]
+        completions = [c for a in answered for c in a.completions]
+        passes = score_policy(bb, "solver", prompts, completions)
+        loss, diag = reinforce_loss(passes.logprobs, passes.mask, adv, kl=passes.kl, beta=upd.beta)
+        kl_mean: float | None = mean_kl(passes.kl, passes.mask)
+        extra.update({"adv_mean": float(adv.mean()), "baseline": tr.state.solver_baseline.value, "pg_loss": diag["pg_loss"]})
+    else:
+        loss, kl_mean = None, None
+    if scene:
+        tpl = RoleTemplates.of(bb)
+        open_tag, close_tag = tpl.answer_tags
+        with bb.use_role("solver"):
+            out = bb.score([Prompt(tpl.solver_prompt(lab.question, 0, hint=False), image=image) for lab in scene],
+                           [f"{open_tag}{lab.label}{close_tag}" for lab in scene], grad=True)
+        ce = -(out.logprobs * out.mask).sum(1).mean()
+        loss = ce if loss is None else loss + ce
+        extra.update({"scene_vote_ce": float(ce.detach())})
+    if loss is None:
+        raise ValueError("_solver_update needs trained questions or scene labels")
     weight = tr.recipe.solver.distill_weight
-    if weight > 0:
+    if weight > 0 and answered:
         pairs = canonical_targets(answered, majorities, RoleTemplates.of(bb))
         if pairs:
             with bb.use_role("solver"):
                 out = bb.score([p for p, _ in pairs], [list(c.token_ids) for _, c in pairs], grad=True)
             ce = -(out.logprobs * out.mask).sum(1).mean()
             loss = loss + weight * ce
-            extra = {"distill_ce": float(ce.detach()), "distill_questions": float(len(pairs))}
-    return upd.apply(loss, kl_mean=mean_kl(passes.kl, passes.mask), diagnostics={"adv_mean": float(adv.mean()),
-                                                                                 "baseline": tr.state.solver_baseline.value,
-                                                                                 "pg_loss": diag["pg_loss"], **extra})
+            extra.update({"distill_ce": float(ce.detach()), "distill_questions": float(len(pairs))})
+    return upd.apply(loss, kl_mean=kl_mean, diagnostics=extra)
 
 
 def canonical_targets(answered: list[SolverAnswers], majorities: list[str], templates: Any) -> list[tuple[Prompt, Any]]:
