@@ -8,9 +8,9 @@ accurate than the greedy answer on any `tiny` base (``benchmarks consistency``, 
 it has little to teach. This suite measures a different vote: for every image it asks the 37 questions
 of :func:`asg.shapes.scene_vote.family` (how many shapes, how many of each shape and colour, whether each
 colour-shape pair is there, the colour of each shape, the shape of each colour), scores every candidate
-answer of each with the Solver (teacher-forced, the greedy answer's prompt: :func:`asg.roles.scene_vote.family_logprobs`),
-and decodes the one scene table whose
-implied answers the Solver finds most likely in sum (:func:`asg.shapes.scene_vote.decode`). Each
+answer of each with the Solver (teacher-forced, under the greedy answer's prompt:
+:func:`asg.roles.scene_vote.family_logprobs`), and decodes the one scene table whose implied answers
+the Solver finds most likely in sum (:func:`asg.shapes.scene_vote.decode`). Each
 question's ``independent`` answer is its own most likely candidate, the stand-in for the greedy answer.
 
 Graded against the scene's ground truth, for every question whose premise holds: accuracy per template

@@ -6,9 +6,10 @@ shape and each colour, whether each cell is present, the colour of each unique s
 unique colour) has an answer implied by such a table. Given the Solver's log-probabilities of every
 candidate answer to every question of one image, :func:`decode` returns the table whose implied answers
 the Solver finds most likely in sum, and those answers. A table under which a question has no answer
-(two circles, and "what color is the circle?") pays for it as much as the Solver was sure of an answer. The answers to different questions then agree
-with one another ("how many circles" is the sum of the circle cells, a count of 0 means "no" to the
-matching existence question), which the per-question answers need not.
+(two circles, and "what color is the circle?") pays for it as much as the Solver was sure of an
+answer. The answers to different questions then agree with one another ("how many circles" is the
+sum of the circle cells, a count of 0 means "no" to the matching existence question), which the
+per-question answers need not.
 
 numpy only: the Solver's scores come from outside (``benchmarks scene_vote``).
 """
@@ -72,6 +73,14 @@ def implied(table: np.ndarray) -> np.ndarray:
     return np.concatenate(cols, axis=1)
 
 
+@lru_cache(maxsize=4)
+def _implied_tables(max_objects: int) -> np.ndarray:
+    """:func:`implied` of every table of :func:`tables` (H, 37), computed once per ``max_objects``."""
+    out = implied(tables(max_objects))
+    out.setflags(write=False)
+    return out
+
+
 def premise_cost(logprobs: np.ndarray) -> float:
     """What a table pays, relative to the Solver's best answer, for implying that a question has no
     answer (its premise fails): ``min(0, log(1 - p_max) - log p_max)``, with p the Solver's
@@ -102,7 +111,7 @@ def decode(logprobs: Sequence[np.ndarray], *, kinds: Sequence[str] = KINDS,
     if unknown:
         raise ValueError(f"unknown question kinds {sorted(unknown)}; known: {list(KINDS)}")
     hyp = tables(max_objects)
-    ans = implied(hyp)
+    ans = _implied_tables(max_objects)
     score = np.zeros(len(hyp))
     for q, ((kind, question, cands), lp) in enumerate(zip(fam, logprobs)):
         lp = np.asarray(lp, dtype=np.float64)
