@@ -57,12 +57,16 @@ def _records(run: Path) -> Iterable[dict[str, Any]]:
 
 
 def _scene_vote_records(run: Path) -> Iterable[dict[str, Any]]:
-    """One record per scene-vote label of a U-step (recipe option ``solver.scene_vote_questions``)."""
+    """One record per scene-vote label of a U-step (recipe option ``solver.scene_vote_questions``), those of
+    its extra pool images included (``solver.scene_vote_extra_images``), each with the image it is about."""
     for line in (run / "rollouts.jsonl").read_text().splitlines():
         r = json.loads(line)
         if r.get("phase") == "U":
             for s in r.get("scene_vote", []):
                 yield {"image": r["image"], **s}
+            for extra in r.get("scene_vote_extra", []):
+                for s in extra["labels"]:
+                    yield {"image": extra["image"], **s}
 
 
 def grade_scene_vote(records: list[dict[str, Any]], scenes: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,14 @@ Two controls say where a failure lies:
   <shape>?" (3 000 ``pool`` scenes, scored on 500 ``val`` scenes). If it answers existence and the
   language model does not, the tokens hold the answer and one attention read reaches it: what fails
   is the language model's learning, not the eyes.
+- ``--position-probe STEPS`` (on by default, 300 steps; 0 turns it off) does the same for position
+  questions with two reads, one per named object, and a learned relation embedding. Two probes: one
+  sees only the tokens' values (``content``: do the tokens carry where they are?), the other also
+  gets the attention-weighted column and row of the patches (``located``: is the object found, and
+  would a 2-D position code suffice?).
+- ``--position-code SCALE`` adds to every image token a fixed code of its patch's column and row (a
+  forward hook on the projector, like the next option), ``SCALE`` times the tokens' mean RMS: does
+  the language model learn a question type once the tokens say where they are?
 - ``--normalize-image-tokens`` layer-norms the projector's output and scales it to the RMS of the
   language model's token embeddings, through a forward hook (nothing in the checkpoint changes). The
   projector's tokens are about 75 times larger than the text embeddings in the bases of
@@ -106,6 +114,37 @@ def normalize_image_tokens(backbone: Any) -> float:
     return rms
 
 
+
+def position_code(backbone: Any, scale: float, images: list[Any]) -> float:
+    """Add to every image token a fixed code of where its patch is (a forward hook on the projector; the
+    weights are untouched), so that the tokens' content says where they are. The code of the patch in
+    column c and row r of the square grid is [c', r', sin(π 2^k c'), cos(π 2^k c'), sin(π 2^k r'),
+    cos(π 2^k r') for k = 0..3], with c' and r' the column and row scaled to [-1, 1], mapped to the token
+    width by a fixed random matrix (seed 0) and scaled to ``scale`` times the mean RMS of the tokens of
+    ``images``. Returns the code's RMS."""
+    import torch
+
+    vlm = backbone.net["vlm"].model
+    rms = token_rms(backbone, images)
+    with torch.no_grad():
+        from asg.backbones.tiny.perception import image_tokens, pixel_values
+
+        n, width = image_tokens(backbone, pixel_values(backbone, images[:1])).shape[1:]
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ValueError(f"position_code expects a square grid of image tokens, got {n}")
+    idx = torch.arange(n)
+    cr = torch.stack([idx % side, idx // side], -1).float() / max(side - 1, 1) * 2 - 1  # (n, 2) in [-1, 1]
+    feats = [cr] + [f(math.pi * 2 ** k * cr) for k in range(4) for f in (torch.sin, torch.cos)]
+    code = torch.cat(feats, -1) @ torch.randn(2 + 16, width, generator=torch.Generator().manual_seed(0))
+    code = code / code.pow(2).mean(-1, keepdim=True).sqrt().mean() * scale * rms  # (n, width)
+
+    def hook(module: Any, inputs: Any, out: torch.Tensor) -> torch.Tensor:
+        return out + code.to(out.dtype)
+
+    vlm.multi_modal_projector.register_forward_hook(hook)
+    return float(code.pow(2).mean(-1).sqrt().mean())
+
 def token_rms(backbone: Any, images: list[Any]) -> float:
     """Mean RMS of the image tokens the language model reads for ``images``."""
     import torch
@@ -178,6 +217,96 @@ def attention_probe(backbone: Any, steps: int, seed: int, train_scenes: int = 30
             return 100.0 * float(((probe(x_va[q_va[:, 0]], q_va) > 0).float() == y_va).float().mean())
 
 
+
+def position_probe(backbone: Any, steps: int, seed: int, train_scenes: int = 3000,
+                   val_scenes: int = 500) -> dict[str, float]:
+    """Held-out accuracy (%) on ShapesWorld's position questions ("is the red circle to the left of the
+    blue square?") of two-read attention probes of the frozen image tokens. Each probe reads the image
+    once per named object: a learned (colour, shape) query attends over the layer-normed tokens. An MLP
+    of the two reads, their difference and a learned embedding of the relation answers yes or no. ``content`` reads only
+    the tokens' values, so it answers only if the tokens carry where they are. ``located`` adds to
+    each read the attention-weighted (column, row) of the patches in the 8 × 8 grid: the answer is
+    then there whenever attention finds the object, the read-out a 2-D position code would give the
+    language model. AdamW at 3e-3, batches of 128 questions."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from asg.backbones.tiny.perception import image_tokens, pixel_values
+    from asg.shapes import question_template, questions, render, scene_for
+    from asg.shapes.qa import _RELATION_PHRASES
+    from asg.shapes.vocab import COLORS, SHAPES
+
+    colors, relations = list(COLORS), [r[0] for r in _RELATION_PHRASES]
+
+    def data(split: str, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([seed, 31])
+        scenes = [scene_for(split, seed, i) for i in range(n)]
+        with torch.no_grad():
+            tokens = torch.cat([image_tokens(backbone, pixel_values(backbone, [render(s, backbone.image_size[0])
+                                                                              for s in scenes[k:k + 250]]))
+                                for k in range(0, n, 250)]).float()
+        rows, labels = [], []
+        for i, scene in enumerate(scenes):
+            for qa in questions(scene, rng):
+                if qa.qtype == "position":
+                    named = question_template(qa.question)[1]
+                    rows.append((i, colors.index(named["c1"]), SHAPES.index(named["s1"]), colors.index(named["c2"]),
+                                 SHAPES.index(named["s2"]), relations.index(named["rel"])))
+                    labels.append(qa.answer == "yes")
+        return tokens, torch.tensor(rows), torch.tensor(labels, dtype=torch.float32)
+
+    class Probe(nn.Module):
+        def __init__(self, width: int, grid: torch.Tensor | None, d: int = 64) -> None:
+            super().__init__()
+            self.grid = grid
+            self.norm, self.key, self.value = nn.LayerNorm(width), nn.Linear(width, d), nn.Linear(width, d)
+            self.color, self.shape = nn.Embedding(len(colors), d), nn.Embedding(len(SHAPES), d)
+            self.relation = nn.Embedding(len(relations), d)
+            read = d + (2 if grid is not None else 0)
+            self.out = nn.Sequential(nn.Linear(3 * read + d, d), nn.GELU(), nn.Linear(d, 1))
+
+        def read(self, x: torch.Tensor, color: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+            query = self.color(color) + self.shape(shape)  # (B, d)
+            att = torch.softmax(torch.einsum("btd,bd->bt", self.key(x), query) / query.shape[-1] ** 0.5, -1)
+            pooled = torch.einsum("bt,btd->bd", att, self.value(x))
+            if self.grid is not None:
+                pooled = torch.cat([pooled, att @ self.grid], -1)
+            return pooled
+
+        def forward(self, x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+            x = self.norm(x)
+            a, b = self.read(x, q[:, 1], q[:, 2]), self.read(x, q[:, 3], q[:, 4])
+            return self.out(torch.cat([a, b, a - b, self.relation(q[:, 5])], -1)).squeeze(-1)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        x_tr, q_tr, y_tr = data("pool", train_scenes)
+        x_va, q_va, y_va = data("val", val_scenes)
+        side = math.isqrt(x_tr.shape[1])
+        if side * side != x_tr.shape[1]:
+            raise ValueError(f"position_probe expects a square grid of image tokens, got {x_tr.shape[1]}")
+        idx = torch.arange(side * side)
+        # (column, row), centred and spread over [-2, 2] so that a coordinate weighs like a value feature
+        grid = (torch.stack([idx % side, idx // side], -1).float() / max(side - 1, 1) - 0.5) * 4.0
+        result = {}
+        for name, g in (("content", None), ("located", grid)):
+            gen = torch.Generator().manual_seed(seed)
+            probe = Probe(x_tr.shape[-1], g)
+            opt = torch.optim.AdamW(probe.parameters(), lr=3e-3)
+            for _ in range(steps):
+                pick = torch.randint(len(q_tr), (128,), generator=gen)
+                q = q_tr[pick]
+                loss = nn.functional.binary_cross_entropy_with_logits(probe(x_tr[q[:, 0]], q), y_tr[pick])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            with torch.no_grad():
+                result[name] = 100.0 * float(((probe(x_va[q_va[:, 0]], q_va) > 0).float() == y_va).float().mean())
+        result["val_questions"] = float(len(y_va))
+        result["val_yes_share"] = 100.0 * float(y_va.mean())
+        return result
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
     import torch
@@ -199,11 +328,18 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     if args.attention_probe and "existence" in args.qtypes:
         probe = attention_probe(backbone, args.attention_probe, args.seed)
         print(f"attention probe of the frozen image tokens: val existence {probe:.1f}%", flush=True)
+    pprobe = None
+    if args.position_probe and "position" in args.qtypes:
+        pprobe = position_probe(backbone, args.position_probe, args.seed)
+        print(f"position probes of the frozen image tokens: val position {pprobe['content']:.1f}% (content), "
+              f"{pprobe['located']:.1f}% (located)", flush=True)
     sample = [render(scene_for("val", args.seed, i), size) for i in range(16)]
     rms = {"image_tokens": token_rms(backbone, sample)}
     if args.normalize_image_tokens:
         rms["text_embeddings"] = normalize_image_tokens(backbone)
         rms["image_tokens_normalized"] = token_rms(backbone, sample)
+    if args.position_code:
+        rms["position_code"] = position_code(backbone, args.position_code, sample)
     params = trainable(backbone, args.train)
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     val = [(qa, render(scene_for("val", args.seed, i), size))
@@ -255,7 +391,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "command": command_line("learnability"), "model": args.model or "shipped tiny", "qtypes": args.qtypes,
         "train": args.train, "steps": args.steps, "batch": args.batch, "lr": args.lr, "scenes": args.scenes,
         "distinct_training_scenes": len({i for _, i in train}), "val_questions": args.val_questions, "seed": args.seed,
-        "normalize_image_tokens": args.normalize_image_tokens, "token_rms": rms, "attention_probe_existence": probe,
+        "normalize_image_tokens": args.normalize_image_tokens, "position_code": args.position_code, "token_rms": rms, "attention_probe_existence": probe,
+        "position_probe": pprobe,
         "seconds": round(time.time() - t0, 1), "machine": machine()}}
 
 
@@ -270,6 +407,12 @@ def table(result: dict[str, Any]) -> str:
     if meta.get("attention_probe_existence") is not None:
         lines += ["", f"One attention read of the same frozen image tokens (`attention_probe`): val existence "
                       f"{meta['attention_probe_existence']:.1f} %."]
+    if meta.get("position_probe") is not None:
+        pp = meta["position_probe"]
+        lines += ["", f"Two attention reads of the same frozen image tokens (`position_probe`, "
+                      f"{pp['val_questions']:.0f} val position questions, {pp['val_yes_share']:.1f} % \"yes\"): "
+                      f"{pp['content']:.1f} % from the tokens' content alone, {pp['located']:.1f} % with the "
+                      f"attention-weighted patch coordinates."]
     return "\n".join(lines)
 
 
@@ -290,7 +433,11 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("held-out accuracy % (forced choice)")
     if meta.get("attention_probe_existence") is not None:
         ax.axhline(meta["attention_probe_existence"], color="C0", lw=0.8, ls=":", label="existence, one attention read")
+    if meta.get("position_probe") is not None:
+        for k, (name, ls) in enumerate((("content", ":"), ("located", "-."))):
+            ax.axhline(meta["position_probe"][name], color=f"C{k + 2}", lw=0.8, ls=ls, label=f"position probe, {name}")
     norm = ", image tokens normalised" if meta.get("normalize_image_tokens") else ""
+    norm += f", 2-D position code × {meta['position_code']:g}" if meta.get("position_code") else ""
     ax.set_title(f"{meta['model']}: trains {meta['train']}{norm}", fontsize=9)
     ax.legend()
     fig.tight_layout()
@@ -306,6 +453,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"--qtypes: unknown question type(s) {', '.join(bad)}; choose from {', '.join(QTYPES)}")
     if args.attention_probe < 0:
         raise SystemExit(f"--attention-probe must be >= 0 steps, got {args.attention_probe}")
+    if args.position_probe < 0:
+        raise SystemExit(f"--position-probe must be >= 0 steps, got {args.position_probe}")
+    if not (args.position_code >= 0 and math.isfinite(args.position_code)):
+        raise SystemExit(f"--position-code must be a finite SCALE >= 0, got {args.position_code}")
     if min(args.steps, args.batch, args.eval_every, args.val_questions) < 1 or (args.scenes is not None and args.scenes < 1):
         raise SystemExit("--steps, --batch, --eval-every, --val-questions and --scenes must be >= 1; got "
                          f"{args.steps}, {args.batch}, {args.eval_every}, {args.val_questions}, {args.scenes}")
@@ -314,9 +465,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result = measure(args)
     out = Path(args.out) if args.out else RESULTS / "learnability.json"
     meta = result["_meta"]
+    code = (f"; a fixed 2-D code of each patch's place, {meta['position_code']:g} × the tokens' RMS, added to its token"
+            if meta["position_code"] else "")
     publish(out, result, f"Can the model learn {', '.join(meta['qtypes'])} from correct labels?", table(result),
             f"model {meta['model']}; trains {meta['train']} (vision tower and projector frozen"
-            f"{'; image tokens layer-normed to the text embeddings RMS' if meta['normalize_image_tokens'] else ''}); "
+            f"{'; image tokens layer-normed to the text embeddings RMS' if meta['normalize_image_tokens'] else ''}{code}); "
             f"{meta['steps']} steps × "
             f"{meta['batch']} correct labels about {meta['distinct_training_scenes']} distinct pool scenes, "
             f"lr {meta['lr']:g}; {meta['val_questions']} val questions per type, scored by forced choice.")
@@ -338,8 +491,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--val-questions", type=int, default=200, help="held-out questions per type (default 200)")
     p.add_argument("--normalize-image-tokens", action="store_true",
                    help="layer-norm the projector's output to the text embeddings' RMS (a hook; weights untouched)")
+    p.add_argument("--position-code", type=float, default=0.0, metavar="SCALE",
+                   help="add a fixed 2-D code of each patch's place to its image token, SCALE times the tokens' "
+                        "RMS (a hook; weights untouched; default 0: off)")
     p.add_argument("--attention-probe", type=int, default=300,
                    help="steps of the one-attention-read existence probe, run when existence is asked (default 300; 0: off)")
+    p.add_argument("--position-probe", type=int, default=300,
+                   help="steps of the two-read position probes, run when position is asked (default 300; 0: off)")
     p.add_argument("--seed", type=int, default=0, help="seed of the scenes and the order (default 0)")
     p.add_argument("--out", help="result file (default benchmarks/results/learnability.json)")
     return p

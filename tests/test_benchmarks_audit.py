@@ -89,16 +89,25 @@ def test_scene_vote_labels_graded_by_hand(tmp_path: Path) -> None:
                "independent": "circle"}]  # two purple objects: the premise fails
     rows = [json.loads(x) for x in (run / "rollouts.jsonl").read_text().splitlines()]
     rows[0]["scene_vote"] = labels
+    # an extra pool image of the same step (solver.scene_vote_extra_images): graded against its own scene
+    other = str(tmp_path / "pool" / "000001.png")
+    extra = {"question": "How many shapes are there?", "kind": "count_all", "label": str(truth[0]),
+             "independent": str(truth[1])}  # image 0's count: wrong for image 1 (asserted below)
+    assert truth[0] != truth[1]
+    rows[0]["scene_vote_extra"] = [{"image": other, "labels": [extra], "stepped": True, "skip": None}]
     (run / "rollouts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     records = list(_scene_vote_records(run))
-    assert [r["question"] for r in records] == [x["question"] for x in labels] and records[0]["image"] == image
+    assert [r["question"] for r in records] == [x["question"] for x in [*labels, extra]]
+    assert [r["image"] for r in records] == [image] * 3 + [other]
     result = grade_scene_vote(records, _scenes(r["image"] for r in records))
-    assert result["by_qtype"] == {"count": {"n": 2, "label": 100.0, "independent": 50.0},
-                                  "all": {"n": 2, "label": 100.0, "independent": 50.0}}
-    assert result["false_premise"] == 1 and result["changed"] == {"n": 1, "label": 100.0, "independent": 0.0}
+    # count labels: 2 right + the extra's wrong one; own answers: 1 right (count_color) + the extra's
+    two_thirds = pytest.approx(200 / 3)
+    assert result["by_qtype"] == {"count": {"n": 3, "label": two_thirds, "independent": two_thirds},
+                                  "all": {"n": 3, "label": two_thirds, "independent": two_thirds}}
+    assert result["false_premise"] == 1 and result["changed"] == {"n": 2, "label": 50.0, "independent": 50.0}
     out = tmp_path / "a.json"
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "audit", str(run), "--out", str(out)],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.with_suffix(".md").read_text()
-    assert "Scene-vote labels the Solver was trained on" in text and "label right 100.0 %, own answer right 0.0 %" in text
+    assert "Scene-vote labels the Solver was trained on" in text and "label right 50.0 %, own answer right 50.0 %" in text

@@ -17,7 +17,15 @@ from asg.backbones.tiny import templates as T
 from asg.shapes import answer_question, render, scene_for
 from asg.shapes.qa import QA
 from benchmarks.label_quality import trainable
-from benchmarks.learnability import attention_probe, forced_choice, normalize_image_tokens, question_items, token_rms
+from benchmarks.learnability import (
+    attention_probe,
+    forced_choice,
+    normalize_image_tokens,
+    position_code,
+    position_probe,
+    question_items,
+    token_rms,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -121,7 +129,7 @@ def test_learnability_suite_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "l.json"
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "learnability", "--qtypes", "existence", "color",
                            "--steps", "3", "--batch", "4", "--eval-every", "2", "--val-questions", "4",
-                           "--scenes", "5", "--attention-probe", "0", "--normalize-image-tokens",
+                           "--scenes", "5", "--attention-probe", "0", "--normalize-image-tokens", "--position-code", "0.5",
                            "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -132,6 +140,9 @@ def test_learnability_suite_end_to_end(tmp_path: Path) -> None:
     assert out.with_suffix(".png").stat().st_size > 0
     meta = result["_meta"]
     assert meta["attention_probe_existence"] is None and meta["normalize_image_tokens"] is True
+    assert meta["position_code"] == 0.5 and meta["position_probe"] is None  # position not asked: no probe
+    # the code is scaled to the tokens as they reach it: here, after the normalising hook
+    assert meta["token_rms"]["position_code"] == pytest.approx(0.5 * meta["token_rms"]["image_tokens_normalized"], rel=1e-3)
     assert meta["token_rms"]["image_tokens_normalized"] == pytest.approx(meta["token_rms"]["text_embeddings"], rel=1e-3)
     assert "| 0 | – |" in out.with_suffix(".md").read_text()
 
@@ -139,15 +150,17 @@ def test_learnability_suite_end_to_end(tmp_path: Path) -> None:
 def test_learnability_suite_rejects_bad_arguments() -> None:
     for argv, message in ((["--qtypes", "size"], "unknown question type"), (["--steps", "0"], "must be >= 1"),
                           (["--model", "/nonexistent"], "does not exist"),
-                          (["--attention-probe", "-1"], "must be >= 0")):
+                          (["--attention-probe", "-1"], "must be >= 0"), (["--position-probe", "-1"], "must be >= 0"),
+                          (["--position-code", "-0.5"], "finite SCALE >= 0")):
         proc = subprocess.run([sys.executable, "-m", "benchmarks", "learnability", *argv],
                               capture_output=True, text=True, cwd=ROOT, timeout=300)
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
 
 
-def _oracle_tokens(monkeypatch: pytest.MonkeyPatch, *, informative: bool) -> None:
-    """Make ``attention_probe`` read hand-built image tokens: per patch, one-hot colour and shape of the object
-    under it (perfect eyes), or the same tokens of a fixed unrelated scene (blind eyes)."""
+def _oracle_tokens(monkeypatch: pytest.MonkeyPatch, *, informative: bool, coordinates: bool = False) -> None:
+    """Make the probes read hand-built image tokens: per patch, one-hot colour and shape of the object
+    under it (perfect eyes), or the same tokens of a fixed unrelated scene (blind eyes); with
+    ``coordinates``, each token also holds its own one-hot column and row."""
     import asg.backbones.tiny.perception as perception
     import asg.shapes as shapes
     from asg.backbones.tiny.perception import stack_targets
@@ -157,7 +170,11 @@ def _oracle_tokens(monkeypatch: pytest.MonkeyPatch, *, informative: bool) -> Non
 
     def tokens(backbone: object, scenes: list) -> torch.Tensor:
         t = stack_targets(scenes if informative else [scene_for("val", 9, 0)] * len(scenes), 8)
-        return torch.cat([torch.nn.functional.one_hot(t["color"], 7), torch.nn.functional.one_hot(t["shape"], 4)], -1).float()
+        parts = [torch.nn.functional.one_hot(t["color"], 7), torch.nn.functional.one_hot(t["shape"], 4)]
+        if coordinates:
+            idx = torch.arange(64).expand(len(scenes), 64)
+            parts += [torch.nn.functional.one_hot(idx % 8, 8), torch.nn.functional.one_hot(idx // 8, 8)]
+        return torch.cat(parts, -1).float()
 
     monkeypatch.setattr(perception, "image_tokens", tokens)
 
@@ -170,3 +187,49 @@ def test_attention_probe_reads_existence_when_the_tokens_hold_it(monkeypatch: py
         assert acc > 90.0, acc
     else:  # the same tokens for every image: yes and no are balanced, so nothing beats a coin
         assert 35.0 < acc < 65.0, acc
+
+
+def test_position_probe_is_deterministic_and_percentages() -> None:
+    from asg.backbones.tiny.model import TinyBackbone
+
+    bb = TinyBackbone.load(adapters=False)
+    a = position_probe(bb, 5, seed=1, train_scenes=40, val_scenes=20)
+    assert set(a) == {"content", "located", "val_questions", "val_yes_share"}
+    assert all(0.0 <= a[k] <= 100.0 for k in ("content", "located", "val_yes_share")) and a["val_questions"] > 0
+    assert position_probe(bb, 5, seed=1, train_scenes=40, val_scenes=20) == a
+
+
+@pytest.mark.parametrize("eyes", ["perfect", "perfect+coordinates", "blind"])
+def test_position_probe_tells_where_the_position_is(monkeypatch: pytest.MonkeyPatch, eyes: str) -> None:
+    """Tokens that say what lies under each patch but not where: only the probe given the patches'
+    coordinates answers position questions. Tokens that also hold their own coordinates: both do.
+    Blind tokens (the same scene for every image): neither beats a coin."""
+    _oracle_tokens(monkeypatch, informative=eyes != "blind", coordinates=eyes == "perfect+coordinates")
+    acc = position_probe(SimpleNamespace(image_size=(64, 64)), 300, seed=0, train_scenes=600, val_scenes=200)
+    assert 40.0 < acc["val_yes_share"] < 60.0  # yes and no are balanced by the question generator
+    if eyes == "blind":
+        assert 35.0 < acc["content"] < 65.0 and 35.0 < acc["located"] < 65.0, acc
+    else:
+        assert acc["located"] > 80.0, acc
+        assert (acc["content"] > 80.0) if eyes == "perfect+coordinates" else (acc["content"] < 65.0), acc
+
+
+def test_position_code_adds_one_fixed_code_per_patch_place() -> None:
+    """The hook adds the same code to the tokens of every image, a different one per patch, with an
+    RMS of SCALE times the tokens' own."""
+    from asg.backbones.tiny.model import TinyBackbone
+    from asg.backbones.tiny.perception import image_tokens, pixel_values
+    from asg.shapes import render
+
+    bb = TinyBackbone.load(adapters=False)
+    images = [render(scene_for("val", 0, i), 64) for i in range(3)]
+    with torch.no_grad():
+        before = image_tokens(bb, pixel_values(bb, images))
+        rms = token_rms(bb, images)
+        code_rms = position_code(bb, 0.5, images)
+        diff = image_tokens(bb, pixel_values(bb, images)) - before
+    assert torch.allclose(diff[0], diff[1], atol=1e-4) and torch.allclose(diff[0], diff[2], atol=1e-4)
+    assert code_rms == pytest.approx(0.5 * rms, rel=1e-4)
+    assert float(diff[0].pow(2).mean(-1).sqrt().mean()) == pytest.approx(code_rms, rel=1e-3)
+    dist = torch.cdist(diff[0], diff[0]) + torch.eye(64) * 1e9
+    assert float(dist.min()) > 0.05 * code_rms  # no two patches share a code

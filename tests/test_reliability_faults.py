@@ -330,6 +330,31 @@ def test_nonfinite_sampling_skips_the_step_and_counts(pool: Path, tmp_path: Path
     assert json.loads((tmp_path / "run" / "status.json").read_text())["state"] == "completed"
 
 
+
+def test_abandoned_u_step_skips_every_solver_decision_it_owes(pool: Path, tmp_path: Path) -> None:
+    """With solver.scene_vote_extra_images = 2 a U-step owes the Solver 3 update decisions (with several
+    ranks, each joins a gradient all-reduce): an abandoned step skips all 3, or the 2 left when one was
+    taken before the failure; the Proposer owes 1 and a G-step's Generator 1."""
+    from asg.errors import NonFiniteError
+
+    tr = _trainer(pool, tmp_path / "run", 2, [*SETS, "solver.scene_vote_questions=4",
+                                              "solver.scene_vote_extra_images=2"])
+    solver, proposer, generator = (tr.updaters[r] for r in ("solver", "proposer", "generator"))
+    fault = NonFiniteError("logits hold 1 non-finite value(s) (NaN)")
+    with pytest.warns(UserWarning, match="non-finite"):
+        m = tr._abandon_step("U", fault, tr._decisions())
+    assert (solver.skips.get("nonfinite_output"), proposer.skips.get("nonfinite_output")) == (3, 1)
+    assert m["solver.skip_reason"] == "nonfinite_output" and m["nonfinite_output"] == 1
+    before = tr._decisions()
+    solver.skip("scene_vote:no_labels")  # one decision taken before the failure
+    with pytest.warns(UserWarning, match="non-finite"):
+        tr._abandon_step("U", fault, before)
+    assert (solver.skips["nonfinite_output"], proposer.skips["nonfinite_output"]) == (5, 2)
+    with pytest.warns(UserWarning, match="non-finite"):
+        tr._abandon_step("G", fault, tr._decisions())
+    assert (solver.skips["nonfinite_output"], generator.skips.get("nonfinite_output")) == (5, 1)
+    assert solver.steps == proposer.steps == generator.steps == 0
+
 def test_fault_point_fires_only_where_asked(monkeypatch: pytest.MonkeyPatch) -> None:
     """ASG_FAULT_INJECT lists points (optionally @STEP); fault_point SIGKILLs only there, and is inert unset."""
     kills: list[int] = []

@@ -304,3 +304,40 @@ def test_solver_trains_on_scene_vote_labels(pool: Path, tmp_path: Path) -> None:
     assert load_recipe("demo").solver.scene_vote_questions == 0
     with pytest.raises(Exception, match="scene_vote_questions"):
         load_recipe("demo", ["solver.scene_vote_questions=-1"])
+
+
+def test_scene_vote_extra_images_each_make_a_solver_update(pool: Path, tmp_path: Path) -> None:
+    """solver.scene_vote_extra_images = 2: every U-step, asked question or not, draws 2 more pool images,
+    labels 4 family questions of each by the scene vote and takes one Solver update per image on those
+    labels alone; the Solver's step count is 2 per U-step plus its main updates."""
+    from asg.shapes.scene_vote import family
+
+    gated = [o for o in SHORT if not o.startswith("rewards.solver.easy_skip")] + ["rewards.solver.easy_skip_majority=0.0"]
+    sets = [*gated, "solver.scene_vote_questions=4", "solver.scene_vote_extra_images=2", "schedule.understanding=3",
+            "schedule.generation=0", "generator.update=false"]
+    out = tmp_path / "extra"
+    tr = _train(pool, out, 3, overrides=sets)
+    rows = _metrics(out)
+    rollouts = read_jsonl(out / "rollouts.jsonl").records
+    questions = {q for _, q, _ in family()}
+    pool_files = {p.resolve() for p in pool.glob("*.png")}
+    assert len(rows) == 3 and all(r["phase"] == "U" for r in rows)
+    main_steps = 0
+    for r, ro in zip(rows, rollouts):
+        assert r["solver.scene_vote_extra_updates"] == 2 and r["solver.scene_vote_extra_labels"] == 8, r
+        assert r["solver.scene_vote_extra_ce"] > 0.0
+        extra = ro["scene_vote_extra"]
+        assert len(extra) == 2 and all(e["stepped"] and e["skip"] is None for e in extra)
+        assert all(Path(e["image"]).resolve() in pool_files for e in extra)
+        labels = [lab for e in extra for lab in e["labels"]]
+        assert len(labels) == 8 and all(lab["question"] in questions for lab in labels)
+        assert r["solver.scene_vote_extra_changed"] == sum(lab["label"] != lab["independent"] for lab in labels)
+        main_steps += bool(r["solver.stepped"])
+    assert tr.updaters["solver"].steps == main_steps + 2 * 3
+    # the same images and labels again from the same seed
+    again = tmp_path / "again"
+    _train(pool, again, 1, overrides=sets)
+    assert read_jsonl(again / "rollouts.jsonl").records[0]["scene_vote_extra"] == rollouts[0]["scene_vote_extra"]
+    with pytest.raises(Exception, match="scene_vote_questions > 0"):
+        load_recipe("demo", ["solver.scene_vote_extra_images=2"])
+    assert load_recipe("demo").solver.scene_vote_extra_images == 0

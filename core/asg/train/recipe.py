@@ -94,8 +94,17 @@ class SolverRole:
     # draw those questions balanced like ShapesWorld's generator (colour counts of present colours plus
     # one absent, existence strictly alternating yes/no); false = the first, unbalanced draw
     scene_vote_balanced: bool = attrs.field(default=True, validator=boolean())
+    # more pool images per U-step (0 = none): each is labelled by the scene vote like the step's own
+    # image and makes one more Solver update of its own (scene labels alone), before the step's main
+    # Solver update; needs scene_vote_questions > 0. See docs/training.md.
+    scene_vote_extra_images: int = _pos(0, 0)
     update: bool = attrs.field(default=True, validator=boolean())  # train its adapter
     lr: float = _lr()
+
+    def __attrs_post_init__(self) -> None:
+        if self.scene_vote_extra_images and not self.scene_vote_questions:
+            raise ConfigError(f"SolverRole: scene_vote_extra_images = {self.scene_vote_extra_images} needs "
+                              "scene_vote_questions > 0 (the labels each extra image gets), got 0")
 
 
 @attrs.frozen(kw_only=True)

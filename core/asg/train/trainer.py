@@ -45,7 +45,7 @@ from asg.train.gstep import UPDATE_ORDER as G_UPDATE_ORDER, generation_step
 from asg.train.recipe import Recipe, phase_of
 from asg.train.run import RunWriteError, check_writable, disk_free, human_bytes
 from asg.train.updater import RoleUpdater
-from asg.train.ustep import UPDATE_ORDER as U_UPDATE_ORDER, understanding_step
+from asg.train.ustep import UPDATE_ORDER as U_UPDATE_ORDER, solver_decisions, understanding_step
 from asg.updates import NONFINITE_OUTPUT, EMABaseline
 
 MODEL_PREFIX = "model."
@@ -453,17 +453,21 @@ class Trainer:
 
     def _abandon_step(self, phase: str, exc: NonFiniteError, before: dict[str, int]) -> dict[str, Any]:
         """A model output of this step was NaN/inf (:class:`NonFiniteError`): the step stops where it was.
-        Each role of the phase that had not yet taken its update decision skips it as ``nonfinite_output``
-        (its weights untouched; with several ranks it still joins the gradient all-reduce), and the step
-        counts towards ``run.max_consecutive_skips``."""
+        Each role of the phase skips the update decisions it had not yet taken as ``nonfinite_output``
+        (its weights untouched; with several ranks each skip still joins the gradient all-reduce), and the
+        step counts towards ``run.max_consecutive_skips``. A role takes one decision per step, the Solver
+        of a U-step one more per ``solver.scene_vote_extra_images``."""
         # in the step's own order: with several ranks each skip pairs with the other ranks' update all-reduce
         roles = U_UPDATE_ORDER if phase == "U" else G_UPDATE_ORDER
         metrics: dict[str, Any] = {"nonfinite_output": 1}
         for role in roles:
             upd = self.updaters.get(role)
-            if upd is None or upd.decisions > before.get(role, 0):
-                continue  # disabled, or decided before the failure (its record is lost with the step's)
-            upd.skip(NONFINITE_OUTPUT).record_into(metrics, role)
+            if upd is None:
+                continue  # disabled
+            due = solver_decisions(self.recipe) if (phase == "U" and role == "solver") else 1
+            # decisions taken before the failure keep their effect (their record is lost with the step's)
+            for _ in range(due - (upd.decisions - before.get(role, 0))):
+                upd.skip(NONFINITE_OUTPUT).record_into(metrics, role)
         warnings.warn(f"step {self.step + 1}: {exc}; the step is skipped", stacklevel=2)
         return metrics
 

@@ -164,8 +164,9 @@ def _understanding_step(tr: Any, bb: Any, image: Any, step: int) -> tuple[dict[s
         cases = [ProposerCase.unparsed(d_ste=0.0)]
         member0 = proposer_rewards(cases, rcfg.proposer, tr.components("proposer"))
         m.update({"proposer.reward": member0.values[0], "rejected": 1.0})
-        solver_result = tr.updaters["solver"].skip("no_valid_question") if recipe.solver.update else UpdateResult.skipped("disabled")
         rollout.update({"question": None, "proposer_reward": member0.values[0]})
+        _scene_vote_extra_updates(tr, bb, step, m, rollout)
+        solver_result = tr.updaters["solver"].skip("no_valid_question") if recipe.solver.update else UpdateResult.skipped("disabled")
         prop_result = _proposer_update(tr, bb, step, image, [main, *extras], [member0.values[0]], extras_solver=solver, m=m)
         solver_result.record_into(m, "solver")
         prop_result.record_into(m, "proposer")
@@ -216,6 +217,7 @@ def _understanding_step(tr: Any, bb: Any, image: Any, step: int) -> tuple[dict[s
     all_votes = [votes, *(c[0] for c in extra_cases)]
     trained = [(a, list(r.rewards), v.majority) for a, r, v in zip(all_answers, sreward_all, all_votes) if not r.skip]
     m["solver.questions_trained"] = len(trained) if recipe.solver.update else 0
+    _scene_vote_extra_updates(tr, bb, step, m, rollout)
     scene: list[SceneLabel] = []
     if recipe.solver.update and recipe.solver.scene_vote_questions:
         scene = scene_vote_labels(bb, image, recipe.solver.scene_vote_questions, random.Random(tr.seed_for(step, "scene_vote")),
@@ -234,6 +236,44 @@ def _understanding_step(tr: Any, bb: Any, image: Any, step: int) -> tuple[dict[s
     solver_result.record_into(m, "solver")
     prop_result.record_into(m, "proposer")
     return m, rollout
+
+
+def solver_decisions(recipe: Any) -> int:
+    """How many update decisions (steps or skips) the Solver takes in one U-step: the main one plus one
+    per ``solver.scene_vote_extra_images``; 0 when it does not train."""
+    if not recipe.solver.update:
+        return 0
+    return 1 + (recipe.solver.scene_vote_extra_images if recipe.solver.scene_vote_questions else 0)
+
+
+def _scene_vote_extra_updates(tr: Any, bb: Any, step: int, m: dict[str, Any], rollout: dict[str, Any]) -> None:
+    """``solver.scene_vote_extra_images`` more pool images, each labelled by the scene vote and trained on in
+    a Solver update of its own (scene labels alone), one after the other. All labels are drawn first, with
+    the weights the step started with; an image whose vote yields no label still takes its decision (a
+    skip, which joins the other ranks' gradient all-reduce), so every rank takes the same number."""
+    recipe = tr.recipe
+    n = solver_decisions(recipe) - 1
+    if n <= 0:
+        return
+    if tr.pool is None:
+        raise ValueError("solver.scene_vote_extra_images draws images from the run's pool, and this trainer has none")
+    rng = random.Random(tr.seed_for(step, "scene_vote_images"))
+    draws = []
+    for j in range(n):
+        drawn = tr.pool.image_for(rng.randrange(len(tr.pool)) + 1, tr.dist.rank, tr.dist.world_size)
+        labels = scene_vote_labels(bb, drawn.image, recipe.solver.scene_vote_questions,
+                                   random.Random(tr.seed_for(step, f"scene_vote/{j + 1}")),
+                                   balanced=recipe.solver.scene_vote_balanced)
+        draws.append((drawn, labels))
+    results = [_solver_update(tr, bb, [], [], [], scene=labels, image=drawn.image) if labels
+               else tr.updaters["solver"].skip("scene_vote:no_labels") for drawn, labels in draws]
+    ces = [r.diagnostics["scene_vote_ce"] for r in results if "scene_vote_ce" in r.diagnostics]
+    m.update({"solver.scene_vote_extra_updates": sum(r.stepped for r in results),
+              "solver.scene_vote_extra_labels": sum(len(labels) for _, labels in draws),
+              "solver.scene_vote_extra_changed": sum(lab.label != lab.independent for _, labels in draws for lab in labels),
+              "solver.scene_vote_extra_ce": sum(ces) / len(ces) if ces else None})
+    rollout["scene_vote_extra"] = [{"image": str(drawn.path), "labels": [lab.to_dict() for lab in labels],
+                                    "stepped": r.stepped, "skip": r.skip_reason} for (drawn, labels), r in zip(draws, results)]
 
 
 def _new_samples(answered: list[SolverAnswers]) -> list[SolverSample]:
