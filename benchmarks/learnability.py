@@ -155,35 +155,62 @@ def token_rms(backbone: Any, images: list[Any]) -> float:
         return float(image_tokens(backbone, pixel_values(backbone, images)).pow(2).mean(-1).sqrt().mean())
 
 
+def _probe_data(backbone: Any, split: str, n: int, seed: int, stream: int, qtype: str,
+                row: Any) -> tuple[Any, Any, Any]:
+    """Frozen image tokens of ``n`` ``split`` scenes, and their ``qtype`` questions (drawn by ShapesWorld's
+    generator from the seed ``[seed, stream]``) as (scene index, *``row(named words)``) with yes/no labels."""
+    import numpy as np
+    import torch
+
+    from asg.backbones.tiny.perception import image_tokens, pixel_values
+    from asg.shapes import question_template, questions, render, scene_for
+
+    rng = np.random.default_rng([seed, stream])
+    scenes = [scene_for(split, seed, i) for i in range(n)]
+    with torch.no_grad():
+        tokens = torch.cat([image_tokens(backbone, pixel_values(backbone, [render(s, backbone.image_size[0])
+                                                                          for s in scenes[k:k + 250]]))
+                            for k in range(0, n, 250)]).float()
+    rows, labels = [], []
+    for i, scene in enumerate(scenes):
+        for qa in questions(scene, rng):
+            if qa.qtype == qtype:
+                rows.append((i, *row(question_template(qa.question)[1])))
+                labels.append(qa.answer == "yes")
+    return tokens, torch.tensor(rows), torch.tensor(labels, dtype=torch.float32)
+
+
+def _fit_probe(probe: Any, train: tuple[Any, Any, Any], val: tuple[Any, Any, Any], steps: int, gen: Any) -> float:
+    """AdamW at 3e-3 on batches of 128 training questions (drawn with ``gen``); held-out accuracy (%)."""
+    import torch
+    from torch import nn
+
+    (x_tr, q_tr, y_tr), (x_va, q_va, y_va) = train, val
+    opt = torch.optim.AdamW(probe.parameters(), lr=3e-3)
+    for _ in range(steps):
+        idx = torch.randint(len(q_tr), (128,), generator=gen)
+        q = q_tr[idx]
+        loss = nn.functional.binary_cross_entropy_with_logits(probe(x_tr[q[:, 0]], q), y_tr[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return 100.0 * float(((probe(x_va[q_va[:, 0]], q_va) > 0).float() == y_va).float().mean())
+
+
 def attention_probe(backbone: Any, steps: int, seed: int, train_scenes: int = 3000, val_scenes: int = 500) -> float:
     """Held-out existence accuracy (%) of a one-layer attention read-out of the frozen image tokens: a
     learned query per (colour, shape) attends once over the layer-normed tokens; an MLP of the pooled
     value and the query answers yes or no. AdamW at 3e-3, batches of 128 existence questions."""
-    import numpy as np
     import torch
     from torch import nn
 
-    from asg.backbones.tiny.perception import image_tokens, pixel_values
-    from asg.shapes import question_template, questions, render, scene_for
     from asg.shapes.vocab import COLORS, SHAPES
 
     colors = list(COLORS)
 
-    def data(split: str, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        rng = np.random.default_rng([seed, 29])
-        scenes = [scene_for(split, seed, i) for i in range(n)]
-        with torch.no_grad():
-            tokens = torch.cat([image_tokens(backbone, pixel_values(backbone, [render(s, backbone.image_size[0])
-                                                                              for s in scenes[k:k + 250]]))
-                                for k in range(0, n, 250)]).float()
-        rows, labels = [], []
-        for i, scene in enumerate(scenes):
-            for qa in questions(scene, rng):
-                if qa.qtype == "existence":
-                    named = question_template(qa.question)[1]
-                    rows.append((i, colors.index(named["color"]), SHAPES.index(named["shape"])))
-                    labels.append(qa.answer == "yes")
-        return tokens, torch.tensor(rows), torch.tensor(labels, dtype=torch.float32)
+    def row(named: dict[str, str]) -> tuple[int, int]:
+        return colors.index(named["color"]), SHAPES.index(named["shape"])
 
     class Probe(nn.Module):
         def __init__(self, width: int, d: int = 64) -> None:
@@ -202,20 +229,9 @@ def attention_probe(backbone: Any, steps: int, seed: int, train_scenes: int = 30
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        x_tr, q_tr, y_tr = data("pool", train_scenes)
-        x_va, q_va, y_va = data("val", val_scenes)
-        probe = Probe(x_tr.shape[-1])
-        opt = torch.optim.AdamW(probe.parameters(), lr=3e-3)
-        for _ in range(steps):
-            idx = torch.randint(len(q_tr), (128,), generator=gen)
-            q = q_tr[idx]
-            loss = nn.functional.binary_cross_entropy_with_logits(probe(x_tr[q[:, 0]], q), y_tr[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        with torch.no_grad():
-            return 100.0 * float(((probe(x_va[q_va[:, 0]], q_va) > 0).float() == y_va).float().mean())
-
+        train = _probe_data(backbone, "pool", train_scenes, seed, 29, "existence", row)
+        val = _probe_data(backbone, "val", val_scenes, seed, 29, "existence", row)
+        return _fit_probe(Probe(train[0].shape[-1]), train, val, steps, gen)
 
 
 def position_probe(backbone: Any, steps: int, seed: int, train_scenes: int = 3000,
@@ -228,33 +244,17 @@ def position_probe(backbone: Any, steps: int, seed: int, train_scenes: int = 300
     each read the attention-weighted (column, row) of the patches in the 8 × 8 grid: the answer is
     then there whenever attention finds the object, the read-out a 2-D position code would give the
     language model. AdamW at 3e-3, batches of 128 questions."""
-    import numpy as np
     import torch
     from torch import nn
 
-    from asg.backbones.tiny.perception import image_tokens, pixel_values
-    from asg.shapes import question_template, questions, render, scene_for
     from asg.shapes.qa import _RELATION_PHRASES
     from asg.shapes.vocab import COLORS, SHAPES
 
     colors, relations = list(COLORS), [r[0] for r in _RELATION_PHRASES]
 
-    def data(split: str, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        rng = np.random.default_rng([seed, 31])
-        scenes = [scene_for(split, seed, i) for i in range(n)]
-        with torch.no_grad():
-            tokens = torch.cat([image_tokens(backbone, pixel_values(backbone, [render(s, backbone.image_size[0])
-                                                                              for s in scenes[k:k + 250]]))
-                                for k in range(0, n, 250)]).float()
-        rows, labels = [], []
-        for i, scene in enumerate(scenes):
-            for qa in questions(scene, rng):
-                if qa.qtype == "position":
-                    named = question_template(qa.question)[1]
-                    rows.append((i, colors.index(named["c1"]), SHAPES.index(named["s1"]), colors.index(named["c2"]),
-                                 SHAPES.index(named["s2"]), relations.index(named["rel"])))
-                    labels.append(qa.answer == "yes")
-        return tokens, torch.tensor(rows), torch.tensor(labels, dtype=torch.float32)
+    def row(named: dict[str, str]) -> tuple[int, ...]:
+        return (colors.index(named["c1"]), SHAPES.index(named["s1"]), colors.index(named["c2"]),
+                SHAPES.index(named["s2"]), relations.index(named["rel"]))
 
     class Probe(nn.Module):
         def __init__(self, width: int, grid: torch.Tensor | None, d: int = 64) -> None:
@@ -281,31 +281,22 @@ def position_probe(backbone: Any, steps: int, seed: int, train_scenes: int = 300
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        x_tr, q_tr, y_tr = data("pool", train_scenes)
-        x_va, q_va, y_va = data("val", val_scenes)
-        side = math.isqrt(x_tr.shape[1])
-        if side * side != x_tr.shape[1]:
-            raise ValueError(f"position_probe expects a square grid of image tokens, got {x_tr.shape[1]}")
-        idx = torch.arange(side * side)
+        train = _probe_data(backbone, "pool", train_scenes, seed, 31, "position", row)
+        val = _probe_data(backbone, "val", val_scenes, seed, 31, "position", row)
+        n = train[0].shape[1]
+        side = math.isqrt(n)
+        if side * side != n:
+            raise ValueError(f"position_probe expects a square grid of image tokens, got {n}")
+        idx = torch.arange(n)
         # (column, row), centred and spread over [-2, 2] so that a coordinate weighs like a value feature
         grid = (torch.stack([idx % side, idx // side], -1).float() / max(side - 1, 1) - 0.5) * 4.0
-        result = {}
-        for name, g in (("content", None), ("located", grid)):
-            gen = torch.Generator().manual_seed(seed)
-            probe = Probe(x_tr.shape[-1], g)
-            opt = torch.optim.AdamW(probe.parameters(), lr=3e-3)
-            for _ in range(steps):
-                pick = torch.randint(len(q_tr), (128,), generator=gen)
-                q = q_tr[pick]
-                loss = nn.functional.binary_cross_entropy_with_logits(probe(x_tr[q[:, 0]], q), y_tr[pick])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            with torch.no_grad():
-                result[name] = 100.0 * float(((probe(x_va[q_va[:, 0]], q_va) > 0).float() == y_va).float().mean())
-        result["val_questions"] = float(len(y_va))
-        result["val_yes_share"] = 100.0 * float(y_va.mean())
+        result = {name: _fit_probe(Probe(train[0].shape[-1], g), train, val, steps,
+                                   torch.Generator().manual_seed(seed))
+                  for name, g in (("content", None), ("located", grid))}
+        result["val_questions"] = float(len(val[2]))
+        result["val_yes_share"] = 100.0 * float(val[2].mean())
         return result
+
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
