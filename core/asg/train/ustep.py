@@ -241,9 +241,7 @@ def _understanding_step(tr: Any, bb: Any, image: Any, step: int) -> tuple[dict[s
 def solver_decisions(recipe: Any) -> int:
     """How many update decisions (steps or skips) the Solver takes in one U-step: the main one plus one
     per ``solver.scene_vote_extra_images``; 0 when it does not train."""
-    if not recipe.solver.update:
-        return 0
-    return 1 + (recipe.solver.scene_vote_extra_images if recipe.solver.scene_vote_questions else 0)
+    return 1 + recipe.solver.scene_vote_extra_images if recipe.solver.update else 0
 
 
 def _scene_vote_extra_updates(tr: Any, bb: Any, step: int, m: dict[str, Any], rollout: dict[str, Any]) -> None:
@@ -302,10 +300,8 @@ def _solver_update(tr: Any, bb: Any, answered: list[SolverAnswers], rewards: lis
     if scene:
         tpl = RoleTemplates.of(bb)
         open_tag, close_tag = tpl.answer_tags
-        with bb.use_role("solver"):
-            out = bb.score([Prompt(tpl.solver_prompt(lab.question, 0, hint=False), image=image) for lab in scene],
-                           [f"{open_tag}{lab.label}{close_tag}" for lab in scene], grad=True)
-        ce = -(out.logprobs * out.mask).sum(1).mean()
+        ce = _solver_ce(bb, [Prompt(tpl.solver_prompt(lab.question, 0, hint=False), image=image) for lab in scene],
+                        [f"{open_tag}{lab.label}{close_tag}" for lab in scene])
         loss = ce if loss is None else loss + ce
         extra.update({"scene_vote_ce": float(ce.detach())})
     if loss is None:
@@ -314,12 +310,18 @@ def _solver_update(tr: Any, bb: Any, answered: list[SolverAnswers], rewards: lis
     if weight > 0 and answered:
         pairs = canonical_targets(answered, majorities, RoleTemplates.of(bb))
         if pairs:
-            with bb.use_role("solver"):
-                out = bb.score([p for p, _ in pairs], [list(c.token_ids) for _, c in pairs], grad=True)
-            ce = -(out.logprobs * out.mask).sum(1).mean()
+            ce = _solver_ce(bb, [p for p, _ in pairs], [list(c.token_ids) for _, c in pairs])
             loss = loss + weight * ce
             extra.update({"distill_ce": float(ce.detach()), "distill_questions": float(len(pairs))})
     return upd.apply(loss, kl_mean=kl_mean, diagnostics=extra)
+
+
+def _solver_ce(bb: Any, prompts: list[Prompt], completions: list[Any]) -> torch.Tensor:
+    """Mean over the sequences of each completion's summed negative log-likelihood under the Solver role,
+    with gradients: the cross-entropy the distillation and scene-vote terms teach their targets with."""
+    with bb.use_role("solver"):
+        out = bb.score(prompts, completions, grad=True)
+    return -(out.logprobs * out.mask).sum(1).mean()
 
 
 def canonical_targets(answered: list[SolverAnswers], majorities: list[str], templates: Any) -> list[tuple[Prompt, Any]]:
