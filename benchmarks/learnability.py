@@ -247,10 +247,10 @@ def position_probe(backbone: Any, steps: int, seed: int, train_scenes: int = 300
     import torch
     from torch import nn
 
-    from asg.shapes.qa import _RELATION_PHRASES
+    from asg.shapes.qa import RELATION_PHRASES
     from asg.shapes.vocab import COLORS, SHAPES
 
-    colors, relations = list(COLORS), [r[0] for r in _RELATION_PHRASES]
+    colors, relations = list(COLORS), [r[0] for r in RELATION_PHRASES]
 
     def row(named: dict[str, str]) -> tuple[int, ...]:
         return (colors.index(named["c1"]), SHAPES.index(named["s1"]), colors.index(named["c2"]),

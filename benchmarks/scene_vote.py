@@ -16,7 +16,12 @@ question's ``independent`` answer is its own most likely candidate, the stand-in
 Graded against the scene's ground truth, for every question whose premise holds: accuracy per template
 kind of the independent answers and of each decoder (``joint-count+existence`` uses only the count and
 existence questions to pick the table, ``joint-all`` all of them), and, what a loop would teach, the
-accuracy of both on the questions where the decoder *changes* the answer. Results go to
+accuracy of both on the questions where the decoder *changes* the answer. With ``--position``, each
+decoder's table also names the objects that position questions are asked about (those it holds exactly
+one of); every phrasing of every position question about them is scored, and the per-axis orders the
+answers agree on best give the decoder's position answers (:func:`asg.roles.scene_vote.position_labels`
+does the same in the loop). Position questions the true scene does not answer (an object missing or
+not unique, or centres within ``POSITION_MARGIN`` on the axis) are not graded. Results go to
 ``benchmarks/results/scene-vote-<split>.json`` (or ``--out``) with a markdown table beside it.
 """
 
@@ -44,14 +49,15 @@ def grade(rows: list[dict[str, Any]]) -> dict[str, Any]:
     by_kind: dict[str, dict[str, Any]] = {}
     for r in rows:
         keys = [r["kind"], "all"]
-        if r["kind"] == "existence":
-            keys.insert(1, f"existence ({r['truth']})")
+        if r["kind"] in ("existence", "position"):
+            keys.insert(1, f"{r['kind']} ({r['truth']})")
         for key in keys:
             g = by_kind.setdefault(key, {"n": 0, **{s: 0 for s in sources}})
             g["n"] += 1
             for s in sources:
                 g[s] += r["answers"][s] == r["truth"]
-    order = ["count_all", "count_shape", "count_color", "existence", "existence (yes)", "existence (no)", "color", "shape", "all"]
+    order = ["count_all", "count_shape", "count_color", "existence", "existence (yes)", "existence (no)", "color", "shape",
+             "position", "position (yes)", "position (no)", "all"]
     accuracy = {k: {"n": by_kind[k]["n"], **{s: 100.0 * by_kind[k][s] / by_kind[k]["n"] for s in sources}}
                 for k in order if k in by_kind}
     changed: dict[str, dict[str, Any]] = {}
@@ -63,6 +69,37 @@ def grade(rows: list[dict[str, Any]]) -> dict[str, Any]:
                       "decoder_right": 100.0 * sum(r["answers"][s] == r["truth"] for r in diff) / max(len(diff), 1),
                       "independent_right": 100.0 * sum(r["answers"]["independent"] == r["truth"] for r in diff) / max(len(diff), 1)}
     return {"accuracy": accuracy, "changed": changed}
+
+
+def position_rows(backbone: Any, image: Any, scene: Any, index: int, tables: dict[str, Any]) -> list[dict[str, Any]]:
+    """One graded row per position question about the objects each decoder's table names (see the
+    module docstring): the Solver's own answer, and each decoder's voted order's answer (the Solver's
+    own where a decoder's table does not name both of the question's objects: no label to change it)."""
+    import numpy as np
+
+    from asg.roles.scene_vote import question_logprobs
+    from asg.shapes import answer_question
+    from asg.shapes.scene_vote import YES_NO, decode_positions, position_family, unique_objects
+
+    answers: dict[str, dict[str, str]] = {}  # question -> source -> answer
+    scored: dict[str, np.ndarray] = {}
+    for name, table in tables.items():
+        objects = unique_objects(table)
+        fam = position_family(objects)
+        todo = [q for *_, q in fam if q not in scored]
+        scored.update(zip(todo, question_logprobs(backbone, [(image, q, YES_NO) for q in todo])))
+        if len(objects) >= 2:
+            _, voted = decode_positions(objects, [scored[q] for *_, q in fam])
+            for (*_, q), a in zip(fam, voted):
+                answers.setdefault(q, {})[name] = a
+    rows = []
+    for q, by in answers.items():
+        qa = answer_question(q, scene)
+        if qa is not None:
+            own = YES_NO[int(np.argmax(scored[q]))]
+            rows.append({"scene": index, "kind": "position", "question": q, "truth": qa.answer,
+                         "answers": {"independent": own, **{name: by.get(name, own) for name in tables}}})
+    return rows
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -88,14 +125,17 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             for i, scene, lps in zip(idx, scenes, family_logprobs(backbone, [render(s, size) for s in scenes], exact=args.exact)):
                 kept.append(np.concatenate(lps))
                 answers = {"independent": independent(lps)}
+                tables = {}
                 for name, kinds in DECODERS.items():
-                    answers[name] = decode(lps, kinds=kinds)[1]
+                    tables[name], answers[name], _ = decode(lps, kinds=kinds)
                 for q, (kind, question, _) in enumerate(fam):
                     qa = answer_question(question, scene)
                     if qa is None:
                         continue
                     rows.append({"scene": i, "kind": kind, "question": question, "truth": qa.answer,
                                  "answers": {s: a[q] for s, a in answers.items()}})
+                if args.position:
+                    rows += position_rows(backbone, render(scene, size), scene, i, tables)
             bar.update(len(idx))
     if args.logprobs:
         np.save(args.logprobs, np.stack(kept))
@@ -103,6 +143,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     result["_meta"] = {"command": command_line("scene_vote"), "backbone": args.backbone, "model": args.model,
                        "adapters": str(args.adapters) if args.adapters else None, "split": args.split,
                        "seed": args.seed, "scenes": args.scenes, "questions": len(rows), "exact": args.exact,
+                       "position": args.position,
                        "seconds": round(time.time() - t0, 1), "machine": machine()}
     return result
 
@@ -147,6 +188,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--batch", type=int, default=8, help="scenes per scoring call (default 8)")
     p.add_argument("--exact", action="store_true",
                    help="score every candidate in full (one sequence each) even when one pass per question would do")
+    p.add_argument("--position", action="store_true",
+                   help="also vote on position questions about the objects each decoded table names (see above)")
     p.add_argument("--out", help="result file (default benchmarks/results/scene-vote-<split>.json)")
     p.add_argument("--logprobs", help="also save every candidate's log-probability here (.npy, scenes x 142)")
     return p

@@ -34,6 +34,45 @@ def test_grade_by_hand() -> None:
     assert result["changed"] == {"joint-all": {"n": 2, "share": 50.0, "decoder_right": 50.0, "independent_right": 50.0}}
 
 
+def test_position_rows_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two decoders' tables: one names the red circle and the blue square (both in the scene, centres
+    0.5 apart on x and 0.6 on y), the other also an absent green triangle. The Solver says "yes" to
+    every question, a little more surely when right, so the voted orders are the true ones. Graded:
+    the 8 questions about the two real objects (questions about the absent one have no truth); each
+    decoder's answers are the truth, the independent answers all "yes"; every question is scored once."""
+    import numpy as np
+
+    import asg.roles.scene_vote as rsv
+    from asg.shapes import Obj, Scene, answer_question
+    from asg.shapes.scene_vote import table_of
+    from benchmarks.scene_vote import position_rows
+
+    scene = Scene((Obj("circle", "red", "small", 0.2, 0.8), Obj("square", "blue", "small", 0.7, 0.2)))
+    asked: list[str] = []
+
+    def fake(backbone, items, exact=False):
+        asked.extend(q for _, q, _ in items)
+        out = []
+        for _, q, _ in items:
+            truth = answer_question(q, scene)
+            out.append(np.log([0.6, 0.4] if truth is None or truth.answer == "no" else [0.85, 0.15]))
+        return out
+
+    monkeypatch.setattr(rsv, "question_logprobs", fake)
+    two = table_of({("red", "circle"): 1, ("blue", "square"): 1})
+    three = table_of({("red", "circle"): 1, ("blue", "square"): 1, ("green", "triangle"): 1})
+    rows = position_rows(None, "image", scene, 7, {"joint-count+existence": two, "joint-all": three})
+    assert len(asked) == len(set(asked)) == 24  # 8 about the pair, 16 more with the triangle
+    assert len(rows) == 8 and {r["scene"] for r in rows} == {7} and {r["kind"] for r in rows} == {"position"}
+    for r in rows:
+        assert r["answers"] == {"independent": "yes", "joint-count+existence": r["truth"], "joint-all": r["truth"]}
+    assert sorted(r["truth"] for r in rows) == ["no"] * 4 + ["yes"] * 4
+    # a decoder whose table names fewer than two objects keeps the Solver's own answers
+    rows = position_rows(None, "image", scene, 7, {"joint-count+existence": table_of({("red", "circle"): 1}),
+                                                   "joint-all": two})
+    assert all(r["answers"]["joint-count+existence"] == "yes" for r in rows) and len(rows) == 8
+
+
 def test_one_pass_scores_equal_the_answer_token_of_a_full_score() -> None:
     """The fast path reads every candidate from one distribution per question; each value must be the
     log-probability of that candidate's token when ``<answer>c`` is scored on its own."""
@@ -72,7 +111,7 @@ def test_scene_vote_suite_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "sv.json"
     npy = tmp_path / "lp.npy"
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "scene_vote", "--scenes", "3", "--batch", "2",
-                           "--out", str(out), "--logprobs", str(npy)], capture_output=True, text=True, cwd=ROOT,
+                           "--out", str(out), "--logprobs", str(npy), "--position"], capture_output=True, text=True, cwd=ROOT,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -81,6 +120,10 @@ def test_scene_vote_suite_end_to_end(tmp_path: Path) -> None:
     assert acc["all"]["n"] == result["_meta"]["questions"] >= 3 * 28
     assert acc["count_shape"]["n"] == 9 and acc["existence"]["n"] == 54
     assert set(acc["all"]) == {"n", "independent", "joint-count+existence", "joint-all"}
+    # position (the shipped base's tables rarely name two objects that exist: test_position_rows_by_hand)
+    pos = acc.get("position", {"n": 0})["n"]
+    assert pos % 4 == 0 and acc.get("position (yes)", {"n": 0})["n"] == pos // 2
+    assert result["_meta"]["position"] is True
     import numpy as np
 
     assert np.load(npy).shape == (3, 142)

@@ -192,3 +192,140 @@ def test_pick_labels_unbalanced_takes_everything_there_is() -> None:
     assert len(many) == sum(a is not None for a in answers) == 10 + 18 + 1 + 1
     exist = [lab.label for lab in many if lab.kind == "existence"]
     assert exist.count("yes") == 2 and exist.count("no") == 16 and set(exist[-12:]) == {"no"}
+
+
+# -- position: the orders along each axis ------------------------------------------------------------
+
+def test_unique_objects_are_the_cells_holding_exactly_one() -> None:
+    from asg.shapes.scene_vote import unique_objects
+
+    table = table_of({("green", "triangle"): 1, ("blue", "square"): 2, ("red", "circle"): 1})
+    assert unique_objects(table) == [("red", "circle"), ("green", "triangle")]  # CELLS order: red before green
+    assert unique_objects(table_of({("red", "circle"): 3})) == []
+    with pytest.raises(ValueError, match="18 cells"):
+        unique_objects(np.zeros(5))
+
+
+def test_position_family_asks_every_phrase_of_every_ordered_pair() -> None:
+    from asg.shapes.scene_vote import position_family
+
+    fam = position_family([("red", "circle"), ("blue", "square")])
+    assert [(i, j, axis, smaller) for i, j, axis, smaller, _ in fam] == [
+        (0, 1, "x", True), (0, 1, "x", False), (0, 1, "y", True), (0, 1, "y", False),
+        (1, 0, "x", True), (1, 0, "x", False), (1, 0, "y", True), (1, 0, "y", False)]
+    assert fam[0][4] == "Is the red circle to the left of the blue square?"
+    assert fam[7][4] == "Is the blue square below the red circle?"
+    # ground truth agrees with the family's own rule: "yes" exactly when (i before j) == smaller
+    scene = Scene((Obj("circle", "red", "small", 0.2, 0.8), Obj("square", "blue", "small", 0.7, 0.3)))
+    for i, j, axis, smaller, question in fam:
+        before = getattr(scene.objects[i], axis) < getattr(scene.objects[j], axis)
+        assert answer_question(question, scene).answer == ("yes" if before == smaller else "no")
+    assert len(position_family([("red", "circle"), ("blue", "square"), ("green", "triangle")])) == 6 * 4
+    with pytest.raises(ValueError, match="distinct"):
+        position_family([("red", "circle"), ("red", "circle")])
+
+
+def _position_logprobs(objects, coords, p_yes_if_yes, p_yes_if_no):
+    """Log-probabilities of ("yes", "no") of a Solver that says "yes" with one probability where the truth
+    (from ``coords``: {object: (x, y)}) is "yes" and another where it is "no"."""
+    from asg.shapes.scene_vote import position_family
+
+    out = []
+    for i, j, axis, smaller, _ in position_family(objects):
+        k = 0 if axis == "x" else 1
+        truth = (coords[objects[i]][k] < coords[objects[j]][k]) == smaller
+        p = p_yes_if_yes if truth else p_yes_if_no
+        out.append(np.log([p, 1 - p]))
+    return out
+
+
+def test_decode_positions_cancels_a_yes_bias_and_recovers_both_orders() -> None:
+    from asg.shapes.scene_vote import decode_positions, position_family
+
+    objects = [("red", "circle"), ("blue", "square"), ("green", "triangle")]
+    coords = {objects[0]: (0.5, 0.2), objects[1]: (0.1, 0.9), objects[2]: (0.8, 0.5)}
+    # a Solver that says "yes" to everything (own answers 50 % right) but a little more surely when it is
+    # right: per pair and axis, the true order scores 2 log .85 + 2 log .4 = -2.16 and the reverse
+    # 2 log .15 + 2 log .6 = -4.81
+    lps = _position_logprobs(objects, coords, 0.85, 0.6)
+    assert all(lp[0] > lp[1] for lp in lps)
+    orders, answers = decode_positions(objects, lps)
+    assert orders == {"x": (objects[1], objects[0], objects[2]), "y": (objects[0], objects[2], objects[1])}
+    fam = position_family(objects)
+    for (i, j, axis, smaller, _), a in zip(fam, answers):
+        k = 0 if axis == "x" else 1
+        assert a == ("yes" if (coords[objects[i]][k] < coords[objects[j]][k]) == smaller else "no")
+    assert answers.count("yes") == answers.count("no") == len(fam) // 2
+
+
+def test_decode_positions_orders_are_transitive_by_hand() -> None:
+    """Three objects on x, each pair asked once with "left of" (the other phrasings uninformative,
+    log 1/2 each). The Solver holds A < B (p 0.9), B < C (0.8) and C < A (0.6): a cycle. Scores, up to
+    the shared log 1/2 terms: order ABC = log .9 + log .8 + log .4 = -1.24; CAB = log .9 + log .2 +
+    log .6 = -2.22; ACB = -2.63; the rest lower. ABC wins, and "is C left
+    of A" is answered "no", against the Solver's own 0.6. (BCA = log .1 + log .8 + log .6 = -3.04.)"""
+    from asg.shapes.scene_vote import decode_positions, position_family
+
+    a, b, c = ("red", "circle"), ("blue", "square"), ("green", "triangle")
+    fam = position_family([a, b, c])
+    held = {(0, 1): 0.9, (1, 2): 0.8, (2, 0): 0.6}
+    lps = [np.log([held[(i, j)], 1 - held[(i, j)]]) if (i, j) in held and axis == "x" and smaller
+           else np.log([0.5, 0.5]) for i, j, axis, smaller, _ in fam]
+    orders, answers = decode_positions([a, b, c], lps)
+    assert orders["x"] == (a, b, c)
+    q = next(k for k, (i, j, axis, smaller, _) in enumerate(fam) if (i, j, axis, smaller) == (2, 0, "x", True))
+    assert answers[q] == "no"
+    with pytest.raises(ValueError, match="need log-probabilities for all 24"):
+        decode_positions([a, b, c], lps[:-1])
+    with pytest.raises(ValueError, match="yes"):
+        decode_positions([a, b, c], [np.zeros(3)] * len(fam))
+    assert decode_positions([a], []) == ({"x": (a,), "y": (a,)}, [])
+
+
+def test_position_labels_alternate_and_follow_the_voted_orders(monkeypatch: pytest.MonkeyPatch) -> None:
+    import random
+
+    import asg.roles.scene_vote as rsv
+
+    objects = [("red", "circle"), ("blue", "square"), ("green", "triangle")]
+    coords = {objects[0]: (0.5, 0.2), objects[1]: (0.1, 0.9), objects[2]: (0.8, 0.5)}
+    scene = Scene(tuple(Obj(s, c, "small", *coords[(c, s)]) for c, s in objects))  # centres >= 0.3 apart
+    asked: list[str] = []
+
+    def fake(backbone, items, exact=False):  # says "yes" to everything, a little more surely when right
+        asked.extend(q for _, q, _ in items)
+        return [np.log([0.85, 0.15] if answer_question(q, scene).answer == "yes" else [0.6, 0.4]) for _, q, _ in items]
+
+    monkeypatch.setattr(rsv, "question_logprobs", fake)
+    table = table_of({**{o: 1 for o in objects}, ("red", "square"): 2})
+    labels = rsv.position_labels(None, "image", table, 10, random.Random(0))
+    assert len(asked) == 24 and len(labels) == 10 and len({lab.question for lab in labels}) == 10
+    sides = [lab.label for lab in labels]
+    assert sides in (["yes", "no"] * 5, ["no", "yes"] * 5)
+    for lab in labels:
+        assert lab.kind == "position" and lab.independent == "yes"  # the Solver's own answer: always "yes"
+        assert lab.label == answer_question(lab.question, scene).answer  # the voted orders are the true ones
+    everything = rsv.position_labels(None, "image", table, 100, random.Random(1))
+    assert len(everything) == 24  # 12 "yes" and 12 "no": both sides run out together
+    assert rsv.position_labels(None, "image", table_of({objects[0]: 1, objects[1]: 2}), 10, random.Random(0)) == []
+    assert rsv.position_labels(None, "image", table, 0, random.Random(0)) == []
+
+
+def test_pick_labels_draws_only_the_types_asked_for() -> None:
+    import random
+
+    from asg.roles.scene_vote import pick_labels
+
+    lps = _confident_in({("red", "circle"): 1, ("blue", "square"): 2})
+    _, answers, _ = decode(lps)
+    indep = independent(lps)
+    counts = pick_labels(answers, indep, 100, random.Random(0), types=("count",))
+    assert {lab.kind for lab in counts} == {"count_all", "count_shape", "count_color"} and len(counts) == 1 + 3 + 3
+    two = pick_labels(answers, indep, 4, random.Random(0), types=("existence", "color"))
+    assert [lab.kind for lab in two].count("color") == 1 and {lab.kind for lab in two} == {"color", "existence"}
+    # the default draws what it drew before the option existed
+    assert pick_labels(answers, indep, 9, random.Random(5)) == pick_labels(
+        answers, indep, 9, random.Random(5), types=("count", "color", "shape", "existence"))
+    for bad in ((), ("count", "size")):
+        with pytest.raises(ValueError, match="label types must be among"):
+            pick_labels(answers, indep, 4, random.Random(0), types=bad)

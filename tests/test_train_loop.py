@@ -306,6 +306,45 @@ def test_solver_trains_on_scene_vote_labels(pool: Path, tmp_path: Path) -> None:
         load_recipe("demo", ["solver.scene_vote_questions=-1"])
 
 
+def test_scene_vote_position_labels_and_label_types(pool: Path, tmp_path: Path) -> None:
+    """solver.scene_vote_position = 4 with solver.scene_vote_types = count,existence: every labelled image
+    gets 4 labels of those two types only, then up to 4 position questions about objects its decoded
+    table names once, "yes" and "no" alternating; the metric counts them."""
+    from asg.shapes import question_template
+    from asg.shapes.scene_vote import family
+
+    gated = [o for o in SHORT if not o.startswith("rewards.solver.easy_skip")] + ["rewards.solver.easy_skip_majority=0.0"]
+    sets = [*gated, "solver.scene_vote_questions=4", "solver.scene_vote_position=4", "solver.scene_vote_types=count,existence",
+            "solver.scene_vote_extra_images=1", "schedule.understanding=3", "schedule.generation=0", "generator.update=false"]
+    out = tmp_path / "position"
+    _train(pool, out, 3, overrides=sets)
+    rows = _metrics(out)
+    rollouts = read_jsonl(out / "rollouts.jsonl").records
+    kinds = {q: kind for kind, q, _ in family()}
+    images = 0
+    for r, ro in zip(rows, rollouts):
+        label_sets = [e["labels"] for e in ro["scene_vote_extra"]]
+        if "scene_vote" in ro:
+            label_sets.append(ro["scene_vote"])
+            assert r["solver.scene_vote_position_labels"] == sum(s["kind"] == "position" for s in ro["scene_vote"])
+        for labels in label_sets:
+            family_labels = [s for s in labels if s["kind"] != "position"]
+            position = [s for s in labels if s["kind"] == "position"]
+            assert labels == family_labels + position and len(family_labels) == 4 and len(position) <= 4
+            assert {kinds[s["question"]] for s in family_labels} <= {"count_all", "count_shape", "count_color", "existence"}
+            assert all(question_template(s["question"])[0] == "position" for s in position)
+            sides = [s["label"] for s in position]
+            assert all(a != b for a, b in zip(sides, sides[1:])) and set(sides) <= {"yes", "no"}
+            images += bool(position)
+    assert images >= 2, rollouts  # the shipped base names at least two objects in most pool scenes
+    with pytest.raises(Exception, match="scene_vote_questions > 0"):
+        load_recipe("demo", ["solver.scene_vote_position=2"])
+    with pytest.raises(Exception, match="scene_vote_types must be a comma-separated list"):
+        load_recipe("demo", ["solver.scene_vote_questions=4", "solver.scene_vote_types=count,size"])
+    recipe = load_recipe("demo")
+    assert recipe.solver.scene_vote_position == 0 and recipe.solver.scene_vote_type_list == ("count", "color", "shape", "existence")
+
+
 def test_scene_vote_extra_images_each_make_a_solver_update(pool: Path, tmp_path: Path) -> None:
     """solver.scene_vote_extra_images = 2: every U-step, asked question or not, draws 2 more pool images,
     labels 4 family questions of each by the scene vote and takes one Solver update per image on those

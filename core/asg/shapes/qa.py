@@ -18,8 +18,9 @@ from .vocab import COLORS, QTYPES, SHAPES, plural
 # along the asked axis, so the answer is obvious to a human looking at 32 px.
 POSITION_MARGIN = 0.15
 
-# (question phrase, axis, True when the first object's coordinate is smaller)
-_RELATION_PHRASES = (
+# (question phrase, axis, True when the first object's coordinate is smaller); the scene vote
+# (asg.shapes.scene_vote.position_family) asks every phrase
+RELATION_PHRASES = (
     ("to the left of", "x", True),
     ("to the right of", "x", False),
     ("above", "y", True),  # y grows downwards, so "above" means a smaller y
@@ -91,7 +92,7 @@ def _position_questions(scene: Scene, rng: np.random.Generator) -> list[QA]:
                 # A random order and a random relation of this axis make the
                 # answer a fair coin, so "yes" and "no" are balanced.
                 first, second = (a, b) if rng.integers(2) else (b, a)
-                options = [r for r in _RELATION_PHRASES if r[1] == axis]
+                options = [r for r in RELATION_PHRASES if r[1] == axis]
                 words, _, smaller = options[int(rng.integers(len(options)))]
                 truth = (getattr(first, axis) < getattr(second, axis)) == smaller
                 out.append(QA(f"Is the {first.name} {words} the {second.name}?",
@@ -155,7 +156,7 @@ def qa_for(split: str, seed: int, index: int) -> list[QA]:
 
 _COLOR_RE = "|".join(COLORS)
 _SHAPE_RE = "|".join(SHAPES)
-_REL_RE = "|".join(p[0] for p in _RELATION_PHRASES)
+_REL_RE = "|".join(p[0] for p in RELATION_PHRASES)
 _TEMPLATES: tuple[tuple[str, re.Pattern[str]], ...] = tuple((kind, re.compile(pattern)) for kind, pattern in (
     ("count_all", r"how many shapes are there"),
     ("count_shape", rf"how many (?P<shape>{_SHAPE_RE})s are there"),
@@ -212,7 +213,7 @@ def answer_question(question: str, scene: Scene) -> QA | None:
     b = [o for o in scene.objects if (o.color, o.shape) == (g["c2"], g["s2"])]
     if len(a) != 1 or len(b) != 1 or a[0] is b[0]:
         return None
-    _, axis, smaller = next(p for p in _RELATION_PHRASES if p[0] == g["rel"])
+    _, axis, smaller = next(p for p in RELATION_PHRASES if p[0] == g["rel"])
     first, second = getattr(a[0], axis), getattr(b[0], axis)
     if abs(first - second) <= POSITION_MARGIN:
         return None

@@ -22,6 +22,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from .qa import RELATION_PHRASES
 from .sampling import MAX_OBJECTS
 from .vocab import COLORS, SHAPES, plural
 
@@ -139,5 +140,72 @@ def table_of(counts: Mapping[tuple[str, str], int]) -> np.ndarray:
     return out
 
 
-__all__ = ["CELLS", "COUNT_ANSWERS", "KINDS", "YES_NO", "decode", "family", "implied", "independent", "premise_cost",
-           "table_of", "tables"]
+def unique_objects(table: np.ndarray) -> list[tuple[str, str]]:
+    """The (colour, shape) cells of ``table`` that hold exactly one object, in :data:`CELLS` order: the
+    objects "the <colour> <shape>" names, which position questions are asked about."""
+    t = np.asarray(table).reshape(-1)
+    if t.shape != (len(CELLS),):
+        raise ValueError(f"a scene table has {len(CELLS)} cells, got shape {np.asarray(table).shape}")
+    return [cell for cell, n in zip(CELLS, t) if n == 1]
+
+
+def position_family(objects: Sequence[tuple[str, str]]) -> list[tuple[int, int, str, bool, str]]:
+    """Every position question about ``objects`` (distinct (colour, shape) cells): for each ordered pair
+    (i, j) and each relation phrase, ``(i, j, axis, smaller, question)``, where the answer is "yes"
+    exactly when ``(coordinate of i < coordinate of j) == smaller`` on ``axis``. Each unordered pair and
+    axis has four questions (both orders, both phrases: "left of" and "right of"), two of them
+    answered "yes" under either order, so a Solver that says "yes" more often favours no order."""
+    if len(set(objects)) != len(objects):
+        raise ValueError(f"position questions need distinct objects, got {list(objects)}")
+    out = []
+    for i, (ci, si) in enumerate(objects):
+        for j, (cj, sj) in enumerate(objects):
+            if i != j:
+                out += [(i, j, axis, smaller, f"Is the {ci} {si} {words} the {cj} {sj}?")
+                        for words, axis, smaller in RELATION_PHRASES]
+    return out
+
+
+@lru_cache(maxsize=MAX_OBJECTS + 1)
+def _ranks(n: int) -> np.ndarray:
+    """Rank of each of ``n`` objects under every order of them, (n!, n) int."""
+    out = np.asarray([np.argsort(p) for p in itertools.permutations(range(n))], dtype=np.int64).reshape(-1, n)
+    out.setflags(write=False)
+    return out
+
+
+def decode_positions(objects: Sequence[tuple[str, str]], logprobs: Sequence[np.ndarray]
+                     ) -> tuple[dict[str, tuple[tuple[str, str], ...]], list[str]]:
+    """Per axis, the order of ``objects`` (smallest coordinate first: left to right, top to bottom) whose
+    implied answers to :func:`position_family` the Solver finds most likely in sum, and those answers.
+
+    ``logprobs[q]`` holds the Solver's log-probabilities of ("yes", "no") for family question q. Every
+    order of the objects is scored (at most 6! = 720), so the answers agree with one another: the
+    converse question gets the converse answer, and the orders are transitive. Returns ({"x": order,
+    "y": order}, the answer of every question)."""
+    fam = position_family(objects)
+    if len(logprobs) != len(fam):
+        raise ValueError(f"need log-probabilities for all {len(fam)} position questions, got {len(logprobs)}")
+    lp = np.asarray([np.asarray(v, dtype=np.float64) for v in logprobs]).reshape(len(fam), -1) if fam else np.zeros((0, 2))
+    if lp.shape[1] != len(YES_NO):
+        raise ValueError(f"each position question needs log-probabilities of {YES_NO}, got {lp.shape[1]}")
+    ranks = _ranks(len(objects))
+    orders: dict[str, tuple[tuple[str, str], ...]] = {}
+    answers: list[str] = [""] * len(fam)
+    for axis in ("x", "y"):
+        qs = [q for q, f in enumerate(fam) if f[2] == axis]
+        score = np.zeros(len(ranks))
+        for q in qs:
+            i, j, _, smaller, _ = fam[q]
+            yes = (ranks[:, i] < ranks[:, j]) == smaller  # (n!,)
+            score += np.where(yes, lp[q, 0], lp[q, 1])
+        best = ranks[int(np.argmax(score))] if len(ranks) else np.zeros(0, dtype=np.int64)
+        orders[axis] = tuple(objects[k] for k in np.argsort(best))
+        for q in qs:
+            i, j, _, smaller, _ = fam[q]
+            answers[q] = YES_NO[0] if (best[i] < best[j]) == smaller else YES_NO[1]
+    return orders, answers
+
+
+__all__ = ["CELLS", "COUNT_ANSWERS", "KINDS", "YES_NO", "decode", "decode_positions", "family", "implied", "independent",
+           "position_family", "premise_cost", "table_of", "tables", "unique_objects"]

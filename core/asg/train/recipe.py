@@ -45,6 +45,16 @@ def _pos(default: int, lo: int = 1) -> Any:
     return attrs.field(default=default, validator=number(lo, None, integer=True))
 
 
+def _label_types(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """A comma-separated, non-empty list of scene-vote label types, each known, none twice."""
+    from asg.roles.scene_vote import LABEL_TYPES
+
+    parts = [p.strip() for p in value.split(",")] if isinstance(value, str) else None
+    if not parts or not all(parts) or len(set(parts)) != len(parts) or not set(parts) <= set(LABEL_TYPES):
+        raise ConfigError(f"{attribute.name} must be a comma-separated list of distinct types among "
+                          f"{', '.join(LABEL_TYPES)}; got {value!r}")
+
+
 @attrs.frozen(kw_only=True)
 class ScheduleConfig:
     """Which phase each global step runs (§2): U = understanding, G = generation."""
@@ -98,13 +108,27 @@ class SolverRole:
     # image and makes one more Solver update of its own (scene labels alone), before the step's main
     # Solver update; needs scene_vote_questions > 0. See docs/training.md.
     scene_vote_extra_images: int = _pos(0, 0)
+    # position labels per labelled image on top of scene_vote_questions (0 = none): questions about the
+    # objects the decoded table names once, answered by the orders along each axis that the Solver's
+    # answers to every phrasing agree on best, "yes" and "no" alternating; needs scene_vote_questions > 0.
+    scene_vote_position: int = _pos(0, 0)
+    # the question types scene_vote_questions are drawn from, comma-separated, among count, color,
+    # shape, existence (all by default); types left out still shape the decoded table
+    scene_vote_types: str = attrs.field(default="count,color,shape,existence", validator=_label_types)
     update: bool = attrs.field(default=True, validator=boolean())  # train its adapter
     lr: float = _lr()
+
+    @property
+    def scene_vote_type_list(self) -> tuple[str, ...]:
+        return tuple(t.strip() for t in self.scene_vote_types.split(","))
 
     def __attrs_post_init__(self) -> None:
         if self.scene_vote_extra_images and not self.scene_vote_questions:
             raise ConfigError(f"SolverRole: scene_vote_extra_images = {self.scene_vote_extra_images} needs "
                               "scene_vote_questions > 0 (the labels each extra image gets), got 0")
+        if self.scene_vote_position and not self.scene_vote_questions:
+            raise ConfigError(f"SolverRole: scene_vote_position = {self.scene_vote_position} needs "
+                              "scene_vote_questions > 0 (the decoded scene names the objects), got 0")
 
 
 @attrs.frozen(kw_only=True)

@@ -221,10 +221,13 @@ def _understanding_step(tr: Any, bb: Any, image: Any, step: int) -> tuple[dict[s
     scene: list[SceneLabel] = []
     if recipe.solver.update and recipe.solver.scene_vote_questions:
         scene = scene_vote_labels(bb, image, recipe.solver.scene_vote_questions, random.Random(tr.seed_for(step, "scene_vote")),
-                                  balanced=recipe.solver.scene_vote_balanced)
+                                  balanced=recipe.solver.scene_vote_balanced, position=recipe.solver.scene_vote_position,
+                                  types=recipe.solver.scene_vote_type_list)
         rollout["scene_vote"] = [lab.to_dict() for lab in scene]
         m["solver.scene_vote_labels"] = len(scene)
         m["solver.scene_vote_changed"] = sum(lab.label != lab.independent for lab in scene)
+        if recipe.solver.scene_vote_position:
+            m["solver.scene_vote_position_labels"] = sum(lab.kind == "position" for lab in scene)
     if not recipe.solver.update:
         solver_result = UpdateResult.skipped("disabled")
     elif not trained and not scene:
@@ -261,7 +264,8 @@ def _scene_vote_extra_updates(tr: Any, bb: Any, step: int, m: dict[str, Any], ro
         drawn = tr.pool.image_for(rng.randrange(len(tr.pool)) + 1, tr.dist.rank, tr.dist.world_size)
         labels = scene_vote_labels(bb, drawn.image, recipe.solver.scene_vote_questions,
                                    random.Random(tr.seed_for(step, f"scene_vote/{j + 1}")),
-                                   balanced=recipe.solver.scene_vote_balanced)
+                                   balanced=recipe.solver.scene_vote_balanced, position=recipe.solver.scene_vote_position,
+                                   types=recipe.solver.scene_vote_type_list)
         draws.append((drawn, labels))
     results = [_solver_update(tr, bb, [], [], [], scene=labels, image=drawn.image) if labels
                else tr.updaters["solver"].skip("scene_vote:no_labels") for drawn, labels in draws]
