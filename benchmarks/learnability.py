@@ -31,6 +31,14 @@ Two controls say where a failure lies:
 - ``--position-code SCALE`` adds to every image token a fixed code of its patch's column and row (a
   forward hook on the projector, like the next option), ``SCALE`` times the tokens' mean RMS: does
   the language model learn a question type once the tokens say where they are?
+- ``--one-phrase`` rewrites every position question, trained and scored, into one phrase per axis
+  ("Is B to the left of A?" for "Is A to the right of B?", "above" for "below"; the answer stays):
+  :func:`one_phrase`. ShapesWorld draws the order of the two objects and the relation at random, so
+  the answer is "yes" exactly when (first object before the second) equals (the relation is "left
+  of" or "above"): neither the comparison nor the relation word alone says anything about it, an
+  XOR that gradient descent is slow to start on. With one phrase per axis the comparison is the
+  answer. ``--one-phrase-steps N`` does so for the first N training steps only and scores the
+  questions as drawn: does a comparison learned in one phrase carry over to the others?
 - ``--normalize-image-tokens`` layer-norms the projector's output and scales it to the RMS of the
   language model's token embeddings, through a forward hook (nothing in the checkpoint changes). The
   projector's tokens are about 75 times larger than the text embeddings in the bases of
@@ -75,6 +83,24 @@ def question_items(split: str, seed: int, qtypes: list[str], per_type: int, scen
                 out.append((pool[int(rng.integers(len(pool)))], index))
                 got += 1
     return out
+
+
+def one_phrase(qa: Any) -> Any:
+    """``qa`` with a position question rewritten to "to the left of" or "above", the two objects swapped
+    where the relation was "to the right of" or "below" (the answer is the same); any other question
+    unchanged."""
+    from asg.shapes import QA, question_template
+    from asg.shapes.qa import RELATION_PHRASES
+
+    match = question_template(qa.question) if qa.qtype == "position" else None
+    if match is None:
+        return qa
+    g = match[1]
+    _, axis, smaller = next(r for r in RELATION_PHRASES if r[0] == g["rel"])
+    words = next(r[0] for r in RELATION_PHRASES if r[1] == axis and r[2])
+    a, b = f"{g['c1']} {g['s1']}", f"{g['c2']} {g['s2']}"
+    first, second = (a, b) if smaller else (b, a)
+    return QA(f"Is the {first} {words} the {second}?", qa.answer, qa.qtype)
 
 
 def forced_choice(backbone: Any, items: list[tuple[Any, Any]], batch: int = 60) -> list[bool]:
@@ -337,6 +363,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
            for qa, i in question_items("val", args.seed, args.qtypes, args.val_questions)]
     per_type = -(-args.steps * args.batch // len(args.qtypes))  # steps x batch in all, rounded up
     train = question_items("pool", 20_000 + args.seed, args.qtypes, per_type, scenes=args.scenes)
+    if args.one_phrase:
+        val = [(one_phrase(qa), im) for qa, im in val]
+        train = [(one_phrase(qa), i) for qa, i in train]
     order = np.random.default_rng([args.seed, 3]).permutation(len(train))  # types mixed in every batch
     images: dict[int, Any] = {}
 
@@ -358,6 +387,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             for group in opt.param_groups:
                 group["lr"] = lr
             chunk = [train[order[(step - 1) * args.batch + j]] for j in range(args.batch)]
+            if step <= args.one_phrase_steps:  # a curriculum: one phrase per axis first, then as drawn
+                chunk = [(one_phrase(qa), i) for qa, i in chunk]
             for _, i in chunk:
                 if i not in images:
                     images[i] = render(scene_for("pool", 20_000 + args.seed, i), size)
@@ -382,7 +413,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "command": command_line("learnability"), "model": args.model or "shipped tiny", "qtypes": args.qtypes,
         "train": args.train, "steps": args.steps, "batch": args.batch, "lr": args.lr, "scenes": args.scenes,
         "distinct_training_scenes": len({i for _, i in train}), "val_questions": args.val_questions, "seed": args.seed,
-        "normalize_image_tokens": args.normalize_image_tokens, "position_code": args.position_code, "token_rms": rms, "attention_probe_existence": probe,
+        "normalize_image_tokens": args.normalize_image_tokens, "position_code": args.position_code, "one_phrase": args.one_phrase,
+        "one_phrase_steps": args.one_phrase_steps, "token_rms": rms, "attention_probe_existence": probe,
         "position_probe": pprobe,
         "seconds": round(time.time() - t0, 1), "machine": machine()}}
 
@@ -429,6 +461,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
             ax.axhline(meta["position_probe"][name], color=f"C{k + 2}", lw=0.8, ls=ls, label=f"position probe, {name}")
     norm = ", image tokens normalised" if meta.get("normalize_image_tokens") else ""
     norm += f", 2-D position code × {meta['position_code']:g}" if meta.get("position_code") else ""
+    norm += ", one phrase per axis" if meta.get("one_phrase") else ""
+    norm += f", one phrase for {meta['one_phrase_steps']} steps" if meta.get("one_phrase_steps") else ""
     ax.set_title(f"{meta['model']}: trains {meta['train']}{norm}", fontsize=9)
     ax.legend()
     fig.tight_layout()
@@ -448,6 +482,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"--position-probe must be >= 0 steps, got {args.position_probe}")
     if not (args.position_code >= 0 and math.isfinite(args.position_code)):
         raise SystemExit(f"--position-code must be a finite SCALE >= 0, got {args.position_code}")
+    if args.one_phrase_steps < 0 or (args.one_phrase_steps and args.one_phrase):
+        raise SystemExit(f"--one-phrase-steps must be >= 0 and is a curriculum for questions scored as drawn, so it "
+                         f"does not go with --one-phrase; got {args.one_phrase_steps}"
+                         f"{' with --one-phrase' if args.one_phrase else ''}")
     if min(args.steps, args.batch, args.eval_every, args.val_questions) < 1 or (args.scenes is not None and args.scenes < 1):
         raise SystemExit("--steps, --batch, --eval-every, --val-questions and --scenes must be >= 1; got "
                          f"{args.steps}, {args.batch}, {args.eval_every}, {args.val_questions}, {args.scenes}")
@@ -458,6 +496,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     meta = result["_meta"]
     code = (f"; a fixed 2-D code of each patch's place, {meta['position_code']:g} × the tokens' RMS, added to its token"
             if meta["position_code"] else "")
+    code += "; position questions in one phrase per axis (left of, above)" if meta.get("one_phrase") else ""
+    code += (f"; the first {meta['one_phrase_steps']} steps train position questions in one phrase per axis, "
+             "the rest as drawn" if meta.get("one_phrase_steps") else "")
     publish(out, result, f"Can the model learn {', '.join(meta['qtypes'])} from correct labels?", table(result),
             f"model {meta['model']}; trains {meta['train']} (vision tower and projector frozen"
             f"{'; image tokens layer-normed to the text embeddings RMS' if meta['normalize_image_tokens'] else ''}{code}); "
@@ -485,6 +526,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--position-code", type=float, default=0.0, metavar="SCALE",
                    help="add a fixed 2-D code of each patch's place to its image token, SCALE times the tokens' "
                         "RMS (a hook; weights untouched; default 0: off)")
+    p.add_argument("--one-phrase", action="store_true",
+                   help="rewrite position questions into one phrase per axis (left of, above), the answer unchanged")
+    p.add_argument("--one-phrase-steps", type=int, default=0, metavar="N",
+                   help="a curriculum: the first N steps train position questions in one phrase per axis, the "
+                        "rest as drawn; scored as drawn (default 0: off)")
     p.add_argument("--attention-probe", type=int, default=300,
                    help="steps of the one-attention-read existence probe, run when existence is asked (default 300; 0: off)")
     p.add_argument("--position-probe", type=int, default=300,

@@ -130,7 +130,7 @@ def test_learnability_suite_end_to_end(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "learnability", "--qtypes", "existence", "color",
                            "--steps", "3", "--batch", "4", "--eval-every", "2", "--val-questions", "4",
                            "--scenes", "5", "--attention-probe", "0", "--normalize-image-tokens", "--position-code", "0.5",
-                           "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+                           "--one-phrase-steps", "2", "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert [r["step"] for r in result["curve"]] == [0, 2, 3]
@@ -141,6 +141,7 @@ def test_learnability_suite_end_to_end(tmp_path: Path) -> None:
     meta = result["_meta"]
     assert meta["attention_probe_existence"] is None and meta["normalize_image_tokens"] is True
     assert meta["position_code"] == 0.5 and meta["position_probe"] is None  # position not asked: no probe
+    assert meta["one_phrase_steps"] == 2 and meta["one_phrase"] is False
     # the code is scaled to the tokens as they reach it: here, after the normalising hook
     assert meta["token_rms"]["position_code"] == pytest.approx(0.5 * meta["token_rms"]["image_tokens_normalized"], rel=1e-3)
     assert meta["token_rms"]["image_tokens_normalized"] == pytest.approx(meta["token_rms"]["text_embeddings"], rel=1e-3)
@@ -151,7 +152,9 @@ def test_learnability_suite_rejects_bad_arguments() -> None:
     for argv, message in ((["--qtypes", "size"], "unknown question type"), (["--steps", "0"], "must be >= 1"),
                           (["--model", "/nonexistent"], "does not exist"),
                           (["--attention-probe", "-1"], "must be >= 0"), (["--position-probe", "-1"], "must be >= 0"),
-                          (["--position-code", "-0.5"], "finite SCALE >= 0")):
+                          (["--position-code", "-0.5"], "finite SCALE >= 0"),
+                          (["--one-phrase-steps", "-1"], "--one-phrase-steps must be >= 0"),
+                          (["--one-phrase", "--one-phrase-steps", "5"], "does not go with --one-phrase")):
         proc = subprocess.run([sys.executable, "-m", "benchmarks", "learnability", *argv],
                               capture_output=True, text=True, cwd=ROOT, timeout=300)
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
@@ -233,3 +236,30 @@ def test_position_code_adds_one_fixed_code_per_patch_place() -> None:
     assert float(diff[0].pow(2).mean(-1).sqrt().mean()) == pytest.approx(code_rms, rel=1e-3)
     dist = torch.cdist(diff[0], diff[0]) + torch.eye(64) * 1e9
     assert float(dist.min()) > 0.05 * code_rms  # no two patches share a code
+
+
+def test_one_phrase_keeps_every_answer_and_leaves_one_phrase_per_axis() -> None:
+    import numpy as np
+
+    from asg.shapes import QA, answer_question, questions, scene_for
+    from benchmarks.learnability import one_phrase
+
+    by_hand = one_phrase(QA("Is the red circle to the right of the blue square?", "no", "position"))
+    assert by_hand == QA("Is the blue square to the left of the red circle?", "no", "position")
+    assert one_phrase(QA("Is the red circle below the blue square?", "yes", "position")).question == \
+        "Is the blue square above the red circle?"
+    same = QA("Is the red circle above the blue square?", "yes", "position")
+    assert one_phrase(same) == same
+    count = QA("How many shapes are there?", "3", "count")
+    assert one_phrase(count) is count
+    seen = 0
+    for i in range(40):
+        scene = scene_for("val", 0, i)
+        for qa in questions(scene, np.random.default_rng(i)):
+            if qa.qtype != "position":
+                continue
+            new = one_phrase(qa)
+            assert (" to the left of " in new.question) != (" above " in new.question)
+            assert answer_question(new.question, scene).answer == qa.answer == new.answer
+            seen += 1
+    assert seen > 20
