@@ -153,7 +153,7 @@ def position_family(objects: Sequence[tuple[str, str]]) -> list[tuple[int, int, 
     """Every position question about ``objects`` (distinct (colour, shape) cells): for each ordered pair
     (i, j) and each relation phrase, ``(i, j, axis, smaller, question)``, where the answer is "yes"
     exactly when ``(coordinate of i < coordinate of j) == smaller`` on ``axis``. Each unordered pair and
-    axis has four questions (both orders, both phrases: "left of" and "right of"), two of them
+    axis has four questions (both orders, both phrases of the axis, e.g. "left of" and "right of"), two of them
     answered "yes" under either order, so a Solver that says "yes" more often favours no order."""
     if len(set(objects)) != len(objects):
         raise ValueError(f"position questions need distinct objects, got {list(objects)}")
@@ -199,7 +199,7 @@ def decode_positions(objects: Sequence[tuple[str, str]], logprobs: Sequence[np.n
             i, j, _, smaller, _ = fam[q]
             yes = (ranks[:, i] < ranks[:, j]) == smaller  # (n!,)
             score += np.where(yes, lp[q, 0], lp[q, 1])
-        best = ranks[int(np.argmax(score))] if len(ranks) else np.zeros(0, dtype=np.int64)
+        best = ranks[int(np.argmax(score))]
         orders[axis] = tuple(objects[k] for k in np.argsort(best))
         for q in qs:
             i, j, _, smaller, _ = fam[q]
