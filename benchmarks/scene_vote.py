@@ -122,7 +122,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for start in range(0, args.scenes, args.batch):
             idx = list(range(start, min(start + args.batch, args.scenes)))
             scenes = [scene_for(args.split, args.seed, i) for i in idx]
-            for i, scene, lps in zip(idx, scenes, family_logprobs(backbone, [render(s, size) for s in scenes], exact=args.exact)):
+            images = [render(s, size) for s in scenes]
+            for i, scene, image, lps in zip(idx, scenes, images, family_logprobs(backbone, images, exact=args.exact)):
                 kept.append(np.concatenate(lps))
                 answers = {"independent": independent(lps)}
                 tables = {}
@@ -135,7 +136,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     rows.append({"scene": i, "kind": kind, "question": question, "truth": qa.answer,
                                  "answers": {s: a[q] for s, a in answers.items()}})
                 if args.position:
-                    rows += position_rows(backbone, render(scene, size), scene, i, tables)
+                    rows += position_rows(backbone, image, scene, i, tables)
             bar.update(len(idx))
     if args.logprobs:
         np.save(args.logprobs, np.stack(kept))

@@ -45,11 +45,16 @@ def _pos(default: int, lo: int = 1) -> Any:
     return attrs.field(default=default, validator=number(lo, None, integer=True))
 
 
+def _split_types(value: str) -> tuple[str, ...]:
+    """``"count, existence"`` -> ("count", "existence")."""
+    return tuple(t.strip() for t in value.split(","))
+
+
 def _label_types(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     """A comma-separated, non-empty list of scene-vote label types, each known, none twice."""
     from asg.roles.scene_vote import LABEL_TYPES
 
-    parts = [p.strip() for p in value.split(",")] if isinstance(value, str) else None
+    parts = _split_types(value) if isinstance(value, str) else None
     if not parts or not all(parts) or len(set(parts)) != len(parts) or not set(parts) <= set(LABEL_TYPES):
         raise ConfigError(f"{attribute.name} must be a comma-separated list of distinct types among "
                           f"{', '.join(LABEL_TYPES)}; got {value!r}")
@@ -120,7 +125,7 @@ class SolverRole:
 
     @property
     def scene_vote_type_list(self) -> tuple[str, ...]:
-        return tuple(t.strip() for t in self.scene_vote_types.split(","))
+        return _split_types(self.scene_vote_types)
 
     def __attrs_post_init__(self) -> None:
         if self.scene_vote_extra_images and not self.scene_vote_questions:
