@@ -19,6 +19,7 @@ SUITES = {
     "shapes": ("benchmarks.shapes", "self-evolution of tiny on ShapesWorld: base vs evolved, full recipe and ablations"),
     "geneval": ("benchmarks.geneval", "GenEval with the official evaluator: write samples, run evaluate_images.py in its own env, score"),
     "geneval_mini": ("benchmarks.geneval_mini", "GenEval-mini on ShapesWorld for any backbone (CPU, exact checker)"),
+    "geneval_curve": ("benchmarks.geneval_curve", "GenEval-mini at every saved checkpoint of self-evolution runs: did the generator drift, and when"),
     "understanding": ("benchmarks.understanding", "understanding benchmarks through lmms-eval: MMMU, MMBench, TextVQA, SEED, RealWorldQA, MM-Vet, MME-P/C"),
     "text": ("benchmarks.text", "lm-eval tasks (MMMU, text tasks that catch a loss of language ability) through asg.harness.lm"),
     "soak": ("benchmarks.soak", "a long tiny run with memory sampled: resident-set growth, rolling windows vs their caps"),

@@ -37,15 +37,17 @@ PACKAGES = ("asg-core", "torch", "transformers", "diffusers", "peft", "accelerat
             "lmms-eval", "datasets")
 
 
-def add_backbone_args(p: argparse.ArgumentParser, *, default_backbone: str = "tiny") -> None:
-    """``--backbone NAME [--preset P | --model PATH] [--run RUN_DIR/checkpoint]`` plus device and dtype."""
+def add_backbone_args(p: argparse.ArgumentParser, *, default_backbone: str = "tiny", run: bool = True) -> None:
+    """``--backbone NAME [--preset P | --model PATH] [--run RUN_DIR/checkpoint]`` plus device and dtype
+    (``run=False``: no ``--run``, for a suite that names its runs otherwise)."""
     p.add_argument("--backbone", default=default_backbone, help=f"registered backbone name (default {default_backbone}; see `asg plugins`)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--preset", help="configuration preset of the backbone")
     g.add_argument("--model", type=Path, help="local checkpoint directory (nothing is downloaded)")
-    p.add_argument("--run", type=Path,
-                   help="measure a self-evolved model: a run directory, one of its checkpoints, or a .safetensors "
-                        "file of trained adapters (without it: the base model)")
+    if run:
+        p.add_argument("--run", type=Path,
+                       help="measure a self-evolved model: a run directory, one of its checkpoints, or a .safetensors "
+                            "file of trained adapters (without it: the base model)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available, else cpu)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="weight dtype (default: the backbone's)")
 

@@ -43,27 +43,22 @@ def sample_grid(result: dict[str, Any], images: list[Any], per: int, prompts_per
     return grid(tiles, per * 2)
 
 
-def collect(args: argparse.Namespace, picture: Path) -> dict[str, Any]:
-    import asg
+def measure(backbone: Any, args: argparse.Namespace, desc: str = "GenEval-mini images") -> tuple[dict[str, Any], list[Any]]:
+    """GenEval-mini of ``backbone`` on ``args``'s prompts (``split``, ``seed``, ``per_tag``,
+    ``images_per_prompt``, ``batch_size``, ``steps``): ``({"metrics", "counts", "n_prompts",
+    "images_per_prompt", "samples"}, images)``. The same arguments give the same prompts and image noise,
+    so two backbones measured alike differ only by their weights."""
     from asg.evaluation import evaluate_geneval
     from asg.harness.geneval import default_role
     from asg.progress import progress_bar
 
-    meta = new_meta("geneval_mini", args, harness=HARNESS, harness_version=asg.__version__,
-                    task_variant=f"GenEval-mini {args.split}",
-                    prompt_set=f"ShapesWorld {args.split} seed {args.seed}, {args.per_tag} per tag",
-                    judge="ShapesWorld detector", seeds=[args.seed], images_per_prompt=args.images_per_prompt,
-                    split=args.split)
-    backbone = load_backbone(args)
-    role = default_role(backbone)
-    meta["role"] = role
-    with progress_bar(total=None, desc="GenEval-mini images") as bar:
+    with progress_bar(total=None, desc=desc) as bar:
         def report(i: int, n: int) -> None:
             bar.update_to(i, total=n)
 
         res = evaluate_geneval(backbone, split=args.split, seed=args.seed, per_tag=args.per_tag,
-                               images_per_prompt=args.images_per_prompt, batch_size=args.batch_size, role=role,
-                               num_steps=args.steps, progress=report)
+                               images_per_prompt=args.images_per_prompt, batch_size=args.batch_size,
+                               role=default_role(backbone), num_steps=args.steps, progress=report)
     images = res.pop("_images")
     counts: dict[str, dict[str, int]] = {}
     for s in res["samples"]:
@@ -71,10 +66,25 @@ def collect(args: argparse.Namespace, picture: Path) -> dict[str, Any]:
         c["images"] += 1
         c["correct"] += int(s["correct"])
     metrics = {**{t: float(v) for t, v in res["per_tag"].items()}, "overall": float(res["overall"])}
-    result = {"_meta": meta, "metrics": metrics, "counts": counts, "n_prompts": res["n_prompts"],
-              "images_per_prompt": res["images_per_prompt"], "picture": picture.name, "samples": res["samples"]}
+    return ({"metrics": metrics, "counts": counts, "n_prompts": res["n_prompts"],
+             "images_per_prompt": res["images_per_prompt"], "samples": res["samples"]}, images)
+
+
+def collect(args: argparse.Namespace, picture: Path) -> dict[str, Any]:
+    import asg
+    from asg.harness.geneval import default_role
+
+    meta = new_meta("geneval_mini", args, harness=HARNESS, harness_version=asg.__version__,
+                    task_variant=f"GenEval-mini {args.split}",
+                    prompt_set=f"ShapesWorld {args.split} seed {args.seed}, {args.per_tag} per tag",
+                    judge="ShapesWorld detector", seeds=[args.seed], images_per_prompt=args.images_per_prompt,
+                    split=args.split)
+    backbone = load_backbone(args)
+    meta["role"] = default_role(backbone)
+    scored, images = measure(backbone, args)
+    result = {"_meta": meta, **scored, "picture": picture.name}
     picture.parent.mkdir(parents=True, exist_ok=True)
-    sample_grid(result, images, res["images_per_prompt"]).save(picture)
+    sample_grid(result, images, scored["images_per_prompt"]).save(picture)
     return result
 
 

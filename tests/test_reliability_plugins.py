@@ -184,6 +184,16 @@ def test_guarding_keeps_no_reference_cycle(faulty) -> None:
         gc.enable()
 
 
+
+def test_a_method_of_a_freed_backbone_says_so(faulty) -> None:
+    """``load(...).method()`` with no other reference: the instance is freed once its attribute is read.
+    The call names that, instead of "'NoneType' object is not callable" from the weak reference."""
+    method = guard_backbone(_backbone(), "faulty").embed_text  # the backbone itself is dropped here
+    gc.collect()
+    with pytest.raises(BackboneError, match=r"backbone 'faulty': embed_text\(\) was called on a backbone that no "
+                                            r"longer exists; keep a reference to the loaded backbone"):
+        method(["ab"])
+
 def test_backbone_without_instance_attributes_gets_a_forwarding_proxy(faulty) -> None:
     """A __slots__ backbone cannot hold the wrappers: a proxy attributes its failures instead."""
     from asg_faulty_model import Slotted  # type: ignore[import-not-found]

@@ -402,8 +402,13 @@ def _guard(target: Any, owner: Any, where: tuple[str, str, str]) -> Any:
             pass
 
     def call(*args: Any, **kwargs: Any) -> Any:
+        method = get()
+        if method is None:  # the weak reference died: nothing else held the backbone
+            raise BackboneError(f"backbone {where[0]!r}: {where[2]}() was called on a backbone that no longer "
+                                "exists; keep a reference to the loaded backbone (b = load_backbone(...); "
+                                f"b.{where[2]}(...)) instead of calling a method on the loader's result directly")
         try:
-            result = get()(*args, **kwargs)
+            result = method(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001
             _reraise(exc, *where)
         if where[2] == "use_role" and hasattr(result, "__exit__"):

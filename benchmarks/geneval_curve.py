@@ -1,0 +1,189 @@
+"""GenEval-mini along self-evolution runs: the base, then every saved checkpoint of each run, on one set of prompts and image noise per seed.
+
+    python -m benchmarks geneval_curve runs/x/seed0/run-full runs/x/seed1/run-full --seeds 0 1 --split val --per-tag 10
+    python -m benchmarks geneval_curve RUN --model DIR --split val     # a base written by `asg tiny pretrain`
+    python -m benchmarks geneval_curve --report --out RESULT.json       # re-render the saved result
+
+Each point is what ``python -m benchmarks geneval_mini --run CHECKPOINT --seed S`` measures. A run's
+checkpoints and the base are drawn from the same prompts and the same initial noise, so its curve moves
+only with the generator's weights. The score of a run's last checkpoint alone can hide a generator that
+rose and fell; the curve shows whether it drifted, and when. A run keeps only its newest
+``run.keep_checkpoints`` checkpoints (3 by default): set it higher, or ``run.checkpoint_every`` lower,
+to see more of the curve. Incomplete checkpoints (an interrupted save) are skipped and listed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmarks._runner import add_backbone_args, load_backbone, load_result, new_meta, save
+from benchmarks.geneval_mini import HARNESS, measure
+
+TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+
+
+def _runs_and_seeds(args: argparse.Namespace) -> list[tuple[Path, int]]:
+    """``args.runs`` paired with their seeds: one seed for all runs, or one per run."""
+    from asg.errors import ConfigError
+
+    seeds = list(args.seeds)
+    if len(seeds) not in (1, len(args.runs)):
+        raise ConfigError(f"--seeds: give one seed for all runs or one per run; got {len(seeds)} seeds for "
+                          f"{len(args.runs)} runs")
+    return [(Path(r), seeds[0] if len(seeds) == 1 else seeds[i]) for i, r in enumerate(args.runs)]
+
+
+def checkpoints_of(run: Path) -> tuple[list[Any], list[Any]]:
+    """``(complete, incomplete)`` checkpoints of ``run`` by step; a clear error when it has none complete."""
+    from asg.errors import ConfigError
+    from asg.train.checkpoint import list_checkpoints
+
+    if not run.is_dir():
+        raise ConfigError(f"{run}: no such run directory")
+    found = list_checkpoints(run)
+    complete = [c for c in found if c.complete]
+    if not complete:
+        raise ConfigError(f"{run}: no complete checkpoint under {run / 'checkpoints'} "
+                          f"({len(found)} incomplete); pass the directory `asg train --out` wrote")
+    return complete, [c for c in found if not c.complete]
+
+
+def _point(scored: dict[str, Any], step: int, checkpoint: str | None) -> dict[str, Any]:
+    """One point of a curve; ``judged`` fingerprints the checker's verdict and reason on every image, so two
+    points with the same fingerprint were judged image for image alike."""
+    import hashlib
+
+    verdicts = "\n".join(f"{s['correct']}:{s['reason']}" for s in scored["samples"])
+    return {"step": step, "checkpoint": checkpoint, "metrics": scored["metrics"], "counts": scored["counts"],
+            "judged": hashlib.sha1(verdicts.encode()).hexdigest()[:16]}
+
+
+def collect(args: argparse.Namespace, picture: Path) -> dict[str, Any]:
+    import asg
+
+    pairs = _runs_and_seeds(args)
+    plan = [(run, seed, *checkpoints_of(run)) for run, seed in pairs]  # every run checked before any work
+    meta = new_meta("geneval_curve", args, harness=HARNESS, harness_version=asg.__version__,
+                    task_variant=f"GenEval-mini {args.split}, per checkpoint",
+                    prompt_set=f"ShapesWorld {args.split}, {args.per_tag} per tag, seeds {sorted({s for _, s in pairs})}",
+                    judge="ShapesWorld detector", seeds=sorted({s for _, s in pairs}),
+                    images_per_prompt=args.images_per_prompt, split=args.split)
+    meta["backbone"]["stage"] = "base and evolved"
+    meta["backbone"]["runs"] = [str(r) for r, _ in pairs]
+    base_at: dict[int, dict[str, Any]] = {}
+    runs = []
+    for run, seed, complete, incomplete in plan:
+        if seed not in base_at:
+            scored, _ = measure(load_backbone(argparse.Namespace(**{**vars(args), "seed": seed, "run": None})),
+                                argparse.Namespace(**{**vars(args), "seed": seed}), desc=f"base, seed {seed}")
+            base_at[seed] = _point(scored, 0, None)
+            print(f"[geneval_curve] base, seed {seed}: overall {scored['metrics']['overall']:.1f}", flush=True)
+        points = [base_at[seed]]
+        for ckpt in complete:
+            scored, _ = measure(load_backbone(argparse.Namespace(**{**vars(args), "seed": seed, "run": ckpt.path})),
+                                argparse.Namespace(**{**vars(args), "seed": seed}), desc=f"{run.name} step {ckpt.step}")
+            points.append(_point(scored, ckpt.step, str(ckpt.path)))
+            print(f"[geneval_curve] {run} step {ckpt.step}: overall {scored['metrics']['overall']:.1f}", flush=True)
+        runs.append({"run": str(run), "seed": seed, "points": points, "incomplete": [str(c.path) for c in incomplete]})
+    result = {"_meta": meta, "runs": runs, "picture": picture.name}
+    plot(result, picture)
+    return result
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """GenEval-mini overall against the step, one line per run (step 0: the base)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
+    for r in result["runs"]:
+        steps = [p["step"] for p in r["points"]]
+        ax.plot(steps, [p["metrics"]["overall"] for p in r["points"]], marker="o",
+                label=f"{_label(r['run'])} (seed {r['seed']})")
+    ax.set_xlabel("step (0: the base)")
+    ax.set_ylabel("GenEval-mini overall (%)")
+    ax.set_title(f"GenEval-mini along the run ({result['_meta'].get('split', 'test')} split)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _label(run: str) -> str:
+    """The last two parts of a run's path: ``seed1/run-full`` says more than ``run-full``."""
+    parts = Path(run).parts
+    return "/".join(parts[-2:])
+
+
+def render(result: dict[str, Any]) -> str:
+    """Markdown: per run, a row per point (overall, its change from the base, each task)."""
+    lines = []
+    for r in result["runs"]:
+        lines += [f"**{r['run']}** (seed {r['seed']})", "",
+                  "| step | overall | change | " + " | ".join(TASKS) + " |",
+                  "|---:|---:|---:|" + "---:|" * len(TASKS)]
+        base = r["points"][0]["metrics"]["overall"]
+        for p in r["points"]:
+            m = p["metrics"]
+            step = "base" if p["checkpoint"] is None else str(p["step"])
+            change = "" if p["checkpoint"] is None else f"{m['overall'] - base:+.1f}"
+            lines.append(f"| {step} | {m['overall']:.1f} | {change} | " + " | ".join(f"{m.get(t, float('nan')):.1f}" for t in TASKS) + " |")
+        if r["incomplete"]:
+            lines.append(f"\nSkipped, incomplete (no SAVE_OK): {', '.join(r['incomplete'])}")
+        lines.append("")
+    lines.append("Percent per task; overall is the mean over tasks. An exact ShapesWorld checker, not the official "
+                 "GenEval detector.")
+    if result.get("picture"):
+        lines += ["", f"![GenEval-mini along the run]({result['picture']})"]
+    return "\n".join(lines)
+
+
+def _out(args: argparse.Namespace) -> Path:
+    if args.out:
+        return Path(args.out)
+    from benchmarks._runner import RESULTS
+
+    return RESULTS / f"geneval_curve-{args.backbone}-{args.split}.json"
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    out = _out(args)
+    if args.report:
+        result = load_result(out)
+    else:
+        if not args.runs:
+            raise SystemExit("geneval_curve: name at least one run directory (or --report to re-render)")
+        result = collect(args, out.with_suffix(".png"))
+    save(out, result, f"GenEval-mini along the run ({result['_meta'].get('split', 'test')} split)", render(result))
+    return result
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="python -m benchmarks geneval_curve", description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="*", type=Path, metavar="RUN", help="run directories written by `asg train`")
+    add_backbone_args(p, run=False)  # the base the runs started from (--model for a `asg tiny pretrain` directory)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="prompt choice and image noise: one for all runs, or one per run (default 0)")
+    p.add_argument("--split", choices=("val", "test"), default="test", help="prompt split (tune on val only)")
+    p.add_argument("--per-tag", type=int, default=20, help="prompts per task (default 20)")
+    p.add_argument("--images-per-prompt", type=int, default=4, help="default 4, as GenEval")
+    p.add_argument("--batch-size", type=int, default=48, help="images per generate_images call (default 48)")
+    p.add_argument("--steps", type=int, help="sampling steps (default: the backbone's)")
+    p.add_argument("--out", type=Path, help="result file (default benchmarks/results/geneval_curve-<backbone>-<split>.json)")
+    p.add_argument("--report", action="store_true", help="re-render the markdown page from the saved result only")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    run(build_parser().parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
