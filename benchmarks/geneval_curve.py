@@ -51,13 +51,20 @@ def checkpoints_of(run: Path) -> tuple[list[Any], list[Any]]:
     return complete, [c for c in found if not c.complete]
 
 
-def _point(scored: dict[str, Any], step: int, checkpoint: str | None) -> dict[str, Any]:
-    """One point of a curve; ``judged`` fingerprints the checker's verdict and reason on every image, so two
-    points with the same fingerprint were judged image for image alike."""
+def _point(scored: dict[str, Any], images: list[Any], step: int, checkpoint: str | None) -> dict[str, Any]:
+    """One point of a curve. ``judged`` fingerprints the checker's verdict and reason on every image, so two
+    points with the same fingerprint were judged image for image alike. ``objects_per_image`` (the mean
+    number of shapes the ShapesWorld detector finds) and ``empty_images`` (percent with none) show a
+    generator that drifts toward clutter or toward blank images: GenEval's rules credit an image that
+    holds the named objects whatever else it holds."""
     import hashlib
 
+    from asg.shapes.detector import detect
+
     verdicts = "\n".join(f"{s['correct']}:{s['reason']}" for s in scored["samples"])
+    found = [len(detect(im)) for im in images]
     return {"step": step, "checkpoint": checkpoint, "metrics": scored["metrics"], "counts": scored["counts"],
+            "objects_per_image": sum(found) / len(found), "empty_images": 100.0 * sum(n == 0 for n in found) / len(found),
             "judged": hashlib.sha1(verdicts.encode()).hexdigest()[:16]}
 
 
@@ -77,15 +84,15 @@ def collect(args: argparse.Namespace, picture: Path) -> dict[str, Any]:
     runs = []
     for run, seed, complete, incomplete in plan:
         if seed not in base_at:
-            scored, _ = measure(load_backbone(argparse.Namespace(**{**vars(args), "seed": seed, "run": None})),
-                                argparse.Namespace(**{**vars(args), "seed": seed}), desc=f"base, seed {seed}")
-            base_at[seed] = _point(scored, 0, None)
+            scored, images = measure(load_backbone(argparse.Namespace(**{**vars(args), "seed": seed, "run": None})),
+                                     argparse.Namespace(**{**vars(args), "seed": seed}), desc=f"base, seed {seed}")
+            base_at[seed] = _point(scored, images, 0, None)
             print(f"[geneval_curve] base, seed {seed}: overall {scored['metrics']['overall']:.1f}", flush=True)
         points = [base_at[seed]]
         for ckpt in complete:
-            scored, _ = measure(load_backbone(argparse.Namespace(**{**vars(args), "seed": seed, "run": ckpt.path})),
-                                argparse.Namespace(**{**vars(args), "seed": seed}), desc=f"{run.name} step {ckpt.step}")
-            points.append(_point(scored, ckpt.step, str(ckpt.path)))
+            scored, images = measure(load_backbone(argparse.Namespace(**{**vars(args), "seed": seed, "run": ckpt.path})),
+                                     argparse.Namespace(**{**vars(args), "seed": seed}), desc=f"{run.name} step {ckpt.step}")
+            points.append(_point(scored, images, ckpt.step, str(ckpt.path)))
             print(f"[geneval_curve] {run} step {ckpt.step}: overall {scored['metrics']['overall']:.1f}", flush=True)
         runs.append({"run": str(run), "seed": seed, "points": points, "incomplete": [str(c.path) for c in incomplete]})
     result = {"_meta": meta, "runs": runs, "picture": picture.name}
@@ -94,22 +101,27 @@ def collect(args: argparse.Namespace, picture: Path) -> dict[str, Any]:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    """GenEval-mini overall against the step, one line per run (step 0: the base)."""
+    """GenEval-mini overall, and the shapes the detector finds per image, against the step; one line per
+    run (step 0: the base)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
+    fig, (score, shapes) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     for r in result["runs"]:
         steps = [p["step"] for p in r["points"]]
-        ax.plot(steps, [p["metrics"]["overall"] for p in r["points"]], marker="o",
-                label=f"{_label(r['run'])} (seed {r['seed']})")
-    ax.set_xlabel("step (0: the base)")
-    ax.set_ylabel("GenEval-mini overall (%)")
-    ax.set_title(f"GenEval-mini along the run ({result['_meta'].get('split', 'test')} split)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+        label = f"{_label(r['run'])} (seed {r['seed']})"
+        score.plot(steps, [p["metrics"]["overall"] for p in r["points"]], marker="o", label=label)
+        shapes.plot(steps, [p["objects_per_image"] for p in r["points"]], marker="o", label=label)
+    score.set_ylabel("GenEval-mini overall (%)")
+    score.set_title(f"GenEval-mini along the run ({result['_meta'].get('split', 'test')} split)")
+    shapes.set_ylabel("shapes found per image")
+    shapes.set_title("what the generator draws: shapes per image")
+    for ax in (score, shapes):
+        ax.set_xlabel("step (0: the base)")
+        ax.grid(alpha=0.3)
+    score.legend(fontsize=7)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -126,14 +138,15 @@ def render(result: dict[str, Any]) -> str:
     lines = []
     for r in result["runs"]:
         lines += [f"**{r['run']}** (seed {r['seed']})", "",
-                  "| step | overall | change | " + " | ".join(TASKS) + " |",
-                  "|---:|---:|---:|" + "---:|" * len(TASKS)]
+                  "| step | overall | change | " + " | ".join(TASKS) + " | shapes per image | empty images % |",
+                  "|---:|---:|---:|" + "---:|" * (len(TASKS) + 2)]
         base = r["points"][0]["metrics"]["overall"]
         for p in r["points"]:
             m = p["metrics"]
             step = "base" if p["checkpoint"] is None else str(p["step"])
             change = "" if p["checkpoint"] is None else f"{m['overall'] - base:+.1f}"
-            lines.append(f"| {step} | {m['overall']:.1f} | {change} | " + " | ".join(f"{m.get(t, float('nan')):.1f}" for t in TASKS) + " |")
+            lines.append(f"| {step} | {m['overall']:.1f} | {change} | " + " | ".join(f"{m.get(t, float('nan')):.1f}" for t in TASKS)
+                         + f" | {p['objects_per_image']:.2f} | {p['empty_images']:.1f} |")
         if r["incomplete"]:
             lines.append(f"\nSkipped, incomplete (no SAVE_OK): {', '.join(r['incomplete'])}")
         lines.append("")

@@ -55,10 +55,12 @@ def test_curve_points(curve: tuple[Path, dict]) -> None:
     assert base["checkpoint"] is None and same["checkpoint"].endswith("step_000002")
     # unchanged weights, same prompts and noise: the same verdict on every image
     assert same["metrics"] == base["metrics"] and same["judged"] == base["judged"]
+    assert (same["objects_per_image"], same["empty_images"]) == (base["objects_per_image"], base["empty_images"])
     assert moved["judged"] != base["judged"]  # the checkpoint's adapters were loaded
     for p in r["points"]:
         assert sum(c["images"] for c in p["counts"].values()) == 6 * 2
         assert p["metrics"]["overall"] == pytest.approx(sum(p["metrics"][t] for t in p["counts"]) / 6)
+        assert p["objects_per_image"] >= 0 and p["empty_images"] in {100.0 * k / 12 for k in range(13)}
     assert r["incomplete"] == [str(Path(r["run"]) / "checkpoints" / "step_000006")]
     meta = result["_meta"]
     assert meta["suite"] == "geneval_curve" and meta["seeds"] == [3] and meta["backbone"]["runs"] == [r["run"]]
@@ -71,9 +73,10 @@ def test_curve_page_and_picture(curve: tuple[Path, dict]) -> None:
     page = out.with_suffix(".md").read_text()
     rows = [line for line in page.splitlines() if line.startswith("| ")]
     assert rows[1].startswith("| base | ") and rows[2].startswith("| 2 | ") and "| +0.0 |" in rows[2]
+    assert rows[0].endswith("| shapes per image | empty images % |") and rows[1].count("|") == rows[0].count("|")
     assert "Skipped, incomplete" in page and "![GenEval-mini along the run](curve.png)" in page
     with Image.open(out.with_suffix(".png")) as im:
-        assert im.size == (840, 480)  # 7 x 4 inches at 120 dpi
+        assert im.size == (1320, 480)  # 11 x 4 inches at 120 dpi
     suite.main(["--report", "--out", str(out)])
     assert out.with_suffix(".md").read_text() == page
 
