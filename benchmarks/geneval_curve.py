@@ -51,7 +51,7 @@ def checkpoints_of(run: Path) -> tuple[list[Any], list[Any]]:
     return complete, [c for c in found if not c.complete]
 
 
-def _point(scored: dict[str, Any], images: list[Any], step: int, checkpoint: str | None) -> dict[str, Any]:
+def _point(scored: dict[str, Any], step: int, checkpoint: str | None) -> dict[str, Any]:
     """One point of a curve. ``judged`` fingerprints the checker's verdict and reason on every image, so two
     points with the same fingerprint were judged image for image alike. ``objects_per_image`` (the mean
     number of shapes the ShapesWorld detector finds) and ``empty_images`` (percent with none) show a
@@ -59,10 +59,8 @@ def _point(scored: dict[str, Any], images: list[Any], step: int, checkpoint: str
     holds the named objects whatever else it holds."""
     import hashlib
 
-    from asg.shapes.detector import detect
-
     verdicts = "\n".join(f"{s['correct']}:{s['reason']}" for s in scored["samples"])
-    found = [len(detect(im)) for im in images]
+    found = [s["shapes"] for s in scored["samples"]]
     return {"step": step, "checkpoint": checkpoint, "metrics": scored["metrics"], "counts": scored["counts"],
             "objects_per_image": sum(found) / len(found), "empty_images": 100.0 * sum(n == 0 for n in found) / len(found),
             "judged": hashlib.sha1(verdicts.encode()).hexdigest()[:16]}
@@ -84,15 +82,15 @@ def collect(args: argparse.Namespace, picture: Path) -> dict[str, Any]:
     runs = []
     for run, seed, complete, incomplete in plan:
         if seed not in base_at:
-            scored, images = measure(load_backbone(argparse.Namespace(**{**vars(args), "seed": seed, "run": None})),
-                                     argparse.Namespace(**{**vars(args), "seed": seed}), desc=f"base, seed {seed}")
-            base_at[seed] = _point(scored, images, 0, None)
+            scored, _ = measure(load_backbone(argparse.Namespace(**{**vars(args), "seed": seed, "run": None})),
+                                argparse.Namespace(**{**vars(args), "seed": seed}), desc=f"base, seed {seed}")
+            base_at[seed] = _point(scored, 0, None)
             print(f"[geneval_curve] base, seed {seed}: overall {scored['metrics']['overall']:.1f}", flush=True)
         points = [base_at[seed]]
         for ckpt in complete:
-            scored, images = measure(load_backbone(argparse.Namespace(**{**vars(args), "seed": seed, "run": ckpt.path})),
-                                     argparse.Namespace(**{**vars(args), "seed": seed}), desc=f"{run.name} step {ckpt.step}")
-            points.append(_point(scored, images, ckpt.step, str(ckpt.path)))
+            scored, _ = measure(load_backbone(argparse.Namespace(**{**vars(args), "seed": seed, "run": ckpt.path})),
+                                argparse.Namespace(**{**vars(args), "seed": seed}), desc=f"{run.name} step {ckpt.step}")
+            points.append(_point(scored, ckpt.step, str(ckpt.path)))
             print(f"[geneval_curve] {run} step {ckpt.step}: overall {scored['metrics']['overall']:.1f}", flush=True)
         runs.append({"run": str(run), "seed": seed, "points": points, "incomplete": [str(c.path) for c in incomplete]})
     result = {"_meta": meta, "runs": runs, "picture": picture.name}
@@ -109,9 +107,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (score, shapes) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-    for r in result["runs"]:
+    for r, name in zip(result["runs"], run_labels([r["run"] for r in result["runs"]])):
         steps = [p["step"] for p in r["points"]]
-        label = f"{_label(r['run'])} (seed {r['seed']})"
+        label = f"{name} (seed {r['seed']})"
         score.plot(steps, [p["metrics"]["overall"] for p in r["points"]], marker="o", label=label)
         shapes.plot(steps, [p["objects_per_image"] for p in r["points"]], marker="o", label=label)
     score.set_ylabel("GenEval-mini overall (%)")
@@ -127,10 +125,15 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _label(run: str) -> str:
-    """The last two parts of a run's path: ``seed1/run-full`` says more than ``run-full``."""
-    parts = Path(run).parts
-    return "/".join(parts[-2:])
+def run_labels(runs: list[str]) -> list[str]:
+    """The shortest path endings that tell the runs apart: ``seed1/run-full`` says more than ``run-full``,
+    and two suites' ``seed1/run-full`` need the directory above as well."""
+    parts = [Path(r).parts for r in runs]
+    for n in range(2, max((len(p) for p in parts), default=2) + 1):
+        labels = ["/".join(p[-n:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(r) for r in runs]
 
 
 def render(result: dict[str, Any]) -> str:
@@ -169,6 +172,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out = _out(args)
     if args.report:
         result = load_result(out)
+        plot(result, out.with_suffix(".png"))
     else:
         if not args.runs:
             raise SystemExit("geneval_curve: name at least one run directory (or --report to re-render)")
@@ -189,7 +193,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--batch-size", type=int, default=48, help="images per generate_images call (default 48)")
     p.add_argument("--steps", type=int, help="sampling steps (default: the backbone's)")
     p.add_argument("--out", type=Path, help="result file (default benchmarks/results/geneval_curve-<backbone>-<split>.json)")
-    p.add_argument("--report", action="store_true", help="re-render the markdown page from the saved result only")
+    p.add_argument("--report", action="store_true", help="re-render the page and the plot from the saved result only")
     return p
 
 

@@ -77,12 +77,17 @@ def top_answer_shares(samples: list[dict[str, Any]]) -> dict[str, float]:
 
 def _metrics(summary: dict[str, Any], results: Path | None = None) -> dict[str, float]:
     """Flat percent metrics of one evaluation summary (as written by ``asg train --eval shapes``), plus the
-    top-answer shares from the evaluation's ``results.json`` beside it when given."""
+    top-answer shares and GenEval-mini's shapes per image (not a percent) from the evaluation's
+    ``results.json`` beside it when given."""
     out = {"vqa_accuracy": float(summary["vqa_accuracy"]), "geneval_mini": float(summary["geneval_mini"])}
     out.update({f"vqa_{k}": float(v) for k, v in summary["vqa_by_type"].items()})
     out.update({f"geneval_{k}": float(v) for k, v in summary["geneval_by_category"].items()})
     if results is not None and results.is_file():
-        out.update(top_answer_shares(json.loads(results.read_text())["vqa"]["samples"]))
+        data = json.loads(results.read_text())
+        out.update(top_answer_shares(data["vqa"]["samples"]))
+        gen = data.get("geneval_mini", {}).get("samples", [])
+        if gen and all("shapes" in s for s in gen):  # evaluations before 2026-11-30 did not count them
+            out["geneval_shapes_per_image"] = sum(s["shapes"] for s in gen) / len(gen)
     return out
 
 

@@ -81,6 +81,14 @@ def test_curve_page_and_picture(curve: tuple[Path, dict]) -> None:
     assert out.with_suffix(".md").read_text() == page
 
 
+def test_run_labels_are_the_shortest_distinct_endings() -> None:
+    from benchmarks.geneval_curve import run_labels
+
+    assert run_labels(["r/a/seed0/run-full", "r/a/seed1/run-full"]) == ["seed0/run-full", "seed1/run-full"]
+    assert run_labels(["r/a/seed0/run-full", "r/b/seed0/run-full"]) == ["a/seed0/run-full", "b/seed0/run-full"]
+    assert run_labels(["x/run", "x/run"]) == ["x/run", "x/run"]  # the same run twice: its path, twice
+
+
 def test_curve_errors(tmp_path: Path, curve: tuple[Path, dict]) -> None:
     from benchmarks import geneval_curve as suite
 

@@ -36,6 +36,8 @@ def test_shapes_suite_end_to_end_resume_and_report(tmp_path: Path) -> None:
     assert results["full"]["vqa_accuracy"]["base"] == results["e3"]["vqa_accuracy"]["base"]
     # step 1 of the full recipe is a U-step, so its generator is untouched; e3's step 1 trains it
     assert results["full"]["geneval_mini"]["evolved"] == results["full"]["geneval_mini"]["base"]
+    shapes = results["full"]["geneval_shapes_per_image"]  # from each evaluation's results.json
+    assert shapes["evolved"] == shapes["base"] and shapes["base"][0] >= 0.0
     assert (work / "seed0" / "run-e3" / "eval_after" / "summary.json").is_file()
     assert not (work / "seed0" / "run-e3" / "eval_before").exists()
     assert out.with_suffix(".png").stat().st_size > 10_000 and "| full | **vqa_accuracy** |" in out.with_suffix(".md").read_text()

@@ -191,6 +191,18 @@ def test_geneval_mini_aggregates_per_image_and_per_tag():
     assert res["n_prompts"] == {"single_object": 2}
 
 
+def test_evaluation_counts_the_shapes_each_image_holds():
+    """asg.evaluation's scorer records the shapes the detector finds per image: a two-object scene and a
+    blank image under "a circle" hold 2 and 0 (1.0 per image), and only the first is correct."""
+    from asg.evaluation import _score_geneval
+
+    two = render(Scene((Obj("circle", "red", "large", 0.3, 0.3), Obj("square", "blue", "large", 0.7, 0.7))))
+    blank = Image.new("RGB", (64, 64), BACKGROUND)
+    res = _score_geneval([prompt_by_text("a circle")], [two, blank], 2)
+    assert [s["shapes"] for s in res["samples"]] == [2, 0] and res["shapes_per_image"] == 1.0
+    assert [s["correct"] for s in res["samples"]] == [True, False]
+
+
 def test_overall_is_unweighted_mean_of_tags():
     """Tag A 100% on 1 image and tag B 0% on 3 images average to 50%, not 25%."""
     circle = render(Scene((Obj("circle", "red", "large", 0.5, 0.5),)))
