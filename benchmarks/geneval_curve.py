@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._runner import add_backbone_args, load_backbone, load_result, new_meta, save
-from benchmarks.geneval_mini import HARNESS, measure
+from benchmarks.geneval_mini import HARNESS, add_measure_args, measure
 
 TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 
@@ -187,11 +187,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     add_backbone_args(p, run=False)  # the base the runs started from (--model for a `asg tiny pretrain` directory)
     p.add_argument("--seeds", type=int, nargs="+", default=[0],
                    help="prompt choice and image noise: one for all runs, or one per run (default 0)")
-    p.add_argument("--split", choices=("val", "test"), default="test", help="prompt split (tune on val only)")
-    p.add_argument("--per-tag", type=int, default=20, help="prompts per task (default 20)")
-    p.add_argument("--images-per-prompt", type=int, default=4, help="default 4, as GenEval")
-    p.add_argument("--batch-size", type=int, default=48, help="images per generate_images call (default 48)")
-    p.add_argument("--steps", type=int, help="sampling steps (default: the backbone's)")
+    add_measure_args(p)
     p.add_argument("--out", type=Path, help="result file (default benchmarks/results/geneval_curve-<backbone>-<split>.json)")
     p.add_argument("--report", action="store_true", help="re-render the page and the plot from the saved result only")
     return p

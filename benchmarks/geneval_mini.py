@@ -119,15 +119,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    p = parser or argparse.ArgumentParser(prog="python -m benchmarks geneval_mini", description=__doc__.split("\n\n")[0])
-    add_backbone_args(p)
+def add_measure_args(p: argparse.ArgumentParser) -> None:
+    """What :func:`measure` reads besides the seed: split, prompts per task, images, batch, sampling steps."""
     p.add_argument("--split", choices=("val", "test"), default="test", help="prompt split (tune on val only)")
     p.add_argument("--per-tag", type=int, default=20, help="prompts per task (default 20)")
-    p.add_argument("--seed", type=int, default=0, help="prompt choice and image noise (default 0)")
     p.add_argument("--images-per-prompt", type=int, default=4, help="default 4, as GenEval")
     p.add_argument("--batch-size", type=int, default=48, help="images per generate_images call (default 48)")
     p.add_argument("--steps", type=int, help="sampling steps (default: the backbone's)")
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="python -m benchmarks geneval_mini", description=__doc__.split("\n\n")[0])
+    add_backbone_args(p)
+    add_measure_args(p)
+    p.add_argument("--seed", type=int, default=0, help="prompt choice and image noise (default 0)")
     add_report_arg(p)
     return p
 
