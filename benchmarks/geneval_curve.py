@@ -59,15 +59,17 @@ def _point(scored: dict[str, Any], step: int, checkpoint: str | None) -> dict[st
     holds the named objects whatever else it holds."""
     import hashlib
 
-    verdicts = "\n".join(f"{s['correct']}:{s['reason']}" for s in scored["samples"])
-    found = [s["shapes"] for s in scored["samples"]]
+    samples = scored["samples"]
+    verdicts = "\n".join(f"{s['correct']}:{s['reason']}" for s in samples)
     return {"step": step, "checkpoint": checkpoint, "metrics": scored["metrics"], "counts": scored["counts"],
-            "objects_per_image": sum(found) / len(found), "empty_images": 100.0 * sum(n == 0 for n in found) / len(found),
+            "objects_per_image": scored["shapes_per_image"],
+            "empty_images": 100.0 * sum(s["shapes"] == 0 for s in samples) / len(samples),
             "judged": hashlib.sha1(verdicts.encode()).hexdigest()[:16]}
 
 
 def collect(args: argparse.Namespace, picture: Path) -> dict[str, Any]:
     import asg
+    from asg.train.cli import load_adapters
 
     pairs = _runs_and_seeds(args)
     plan = [(run, seed, *checkpoints_of(run)) for run, seed in pairs]  # every run checked before any work
@@ -78,20 +80,25 @@ def collect(args: argparse.Namespace, picture: Path) -> dict[str, Any]:
                     images_per_prompt=args.images_per_prompt, split=args.split)
     meta["backbone"]["stage"] = "base and evolved"
     meta["backbone"]["runs"] = [str(r) for r, _ in pairs]
+    # the base is loaded once; each point restores its trainable state, then loads a checkpoint's over it
+    backbone = load_backbone(argparse.Namespace(**{**vars(args), "run": None}))
+    base_state = {k: v.detach().clone() for k, v in backbone.trainable_state_dict().items()}
+
+    def point(seed: int, ckpt: Any | None, desc: str) -> dict[str, Any]:
+        backbone.load_trainable_state_dict(base_state)
+        if ckpt is not None:
+            load_adapters(backbone, ckpt.path)
+        scored, _ = measure(backbone, argparse.Namespace(**{**vars(args), "seed": seed}), desc=desc)
+        made = _point(scored, 0 if ckpt is None else ckpt.step, None if ckpt is None else str(ckpt.path))
+        print(f"[geneval_curve] {desc}: overall {made['metrics']['overall']:.1f}", flush=True)
+        return made
+
     base_at: dict[int, dict[str, Any]] = {}
     runs = []
     for run, seed, complete, incomplete in plan:
         if seed not in base_at:
-            scored, _ = measure(load_backbone(argparse.Namespace(**{**vars(args), "seed": seed, "run": None})),
-                                argparse.Namespace(**{**vars(args), "seed": seed}), desc=f"base, seed {seed}")
-            base_at[seed] = _point(scored, 0, None)
-            print(f"[geneval_curve] base, seed {seed}: overall {scored['metrics']['overall']:.1f}", flush=True)
-        points = [base_at[seed]]
-        for ckpt in complete:
-            scored, _ = measure(load_backbone(argparse.Namespace(**{**vars(args), "seed": seed, "run": ckpt.path})),
-                                argparse.Namespace(**{**vars(args), "seed": seed}), desc=f"{run.name} step {ckpt.step}")
-            points.append(_point(scored, ckpt.step, str(ckpt.path)))
-            print(f"[geneval_curve] {run} step {ckpt.step}: overall {scored['metrics']['overall']:.1f}", flush=True)
+            base_at[seed] = point(seed, None, f"base, seed {seed}")
+        points = [base_at[seed], *(point(seed, c, f"{run} step {c.step}") for c in complete)]
         runs.append({"run": str(run), "seed": seed, "points": points, "incomplete": [str(c.path) for c in incomplete]})
     result = {"_meta": meta, "runs": runs, "picture": picture.name}
     plot(result, picture)

@@ -46,8 +46,8 @@ def sample_grid(result: dict[str, Any], images: list[Any], per: int, prompts_per
 def measure(backbone: Any, args: argparse.Namespace, desc: str = "GenEval-mini images") -> tuple[dict[str, Any], list[Any]]:
     """GenEval-mini of ``backbone`` on ``args``'s prompts (``split``, ``seed``, ``per_tag``,
     ``images_per_prompt``, ``batch_size``, ``steps``): ``({"metrics", "counts", "n_prompts",
-    "images_per_prompt", "samples"}, images)``. The same arguments give the same prompts and image noise,
-    so two backbones measured alike differ only by their weights."""
+    "images_per_prompt", "shapes_per_image", "samples"}, images)``. The same arguments give the same
+    prompts and image noise, so two backbones measured alike differ only by their weights."""
     from asg.evaluation import evaluate_geneval
     from asg.harness.geneval import default_role
     from asg.progress import progress_bar
@@ -67,7 +67,8 @@ def measure(backbone: Any, args: argparse.Namespace, desc: str = "GenEval-mini i
         c["correct"] += int(s["correct"])
     metrics = {**{t: float(v) for t, v in res["per_tag"].items()}, "overall": float(res["overall"])}
     return ({"metrics": metrics, "counts": counts, "n_prompts": res["n_prompts"],
-             "images_per_prompt": res["images_per_prompt"], "samples": res["samples"]}, images)
+             "images_per_prompt": res["images_per_prompt"], "shapes_per_image": res["shapes_per_image"],
+             "samples": res["samples"]}, images)
 
 
 def collect(args: argparse.Namespace, picture: Path) -> dict[str, Any]:

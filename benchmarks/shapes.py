@@ -85,9 +85,9 @@ def _metrics(summary: dict[str, Any], results: Path | None = None) -> dict[str, 
     if results is not None and results.is_file():
         data = json.loads(results.read_text())
         out.update(top_answer_shares(data["vqa"]["samples"]))
-        gen = data.get("geneval_mini", {}).get("samples", [])
-        if gen and all("shapes" in s for s in gen):  # evaluations before 2026-11-30 did not count them
-            out["geneval_shapes_per_image"] = sum(s["shapes"] for s in gen) / len(gen)
+        shapes = data.get("geneval_mini", {}).get("shapes_per_image")
+        if shapes is not None:  # evaluations before 2026-11-30 did not count them
+            out["geneval_shapes_per_image"] = float(shapes)
     return out
 
 
