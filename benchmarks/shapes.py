@@ -7,12 +7,13 @@
 
 For each seed it writes an unlabeled ShapesWorld folder (``pool`` split, disjoint from the held-out
 scenes), measures the shipped `tiny` base once on the evaluation split, and for each variant runs the
-loop from that base (recipe ``demo`` plus the variant's overrides) and measures the evolved model:
+loop from that base (recipe ``shapes`` plus the variant's overrides; ``--recipe`` names another) and
+measures the evolved model:
 VQA accuracy (overall and per question type) and GenEval-mini (overall and per category), percent.
 
 Variants (the full recipe and one ablation each):
 
-- ``full``: recipe ``demo`` (E1 scaled to a CPU);
+- ``full``: recipe ``shapes`` (E1 scaled to a CPU and tuned on the val split);
 - ``no_ste``: the proposer reward from self-consistency only (component ``proposer.ste`` off);
 - ``no_sc``: no Prompt-Perturbed Sampling, a single Solver answer (``solver.sample.n = 1``);
 - ``no_fidelity``: the generator reward without QA fidelity (``generator.qa_fidelity`` off);
@@ -44,13 +45,13 @@ from benchmarks._runner import add_backbone_args, default_device, finish_meta, l
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
 
-# variant -> (recipe overrides on top of "demo", description)
+# variant -> (recipe overrides on top of --recipe, "shapes" by default; description)
 _E2 = ["schedule.understanding=5", "schedule.generation=0", "generator.update=false",
        "rewards.difficulty.tau_easy=1.0"]
 _E3 = ["schedule.understanding=0", "schedule.generation=5", "solver.update=false", "proposer.update=false",
        "rewards.difficulty.tau_easy=1.0"]
 VARIANTS: dict[str, tuple[list[str], str]] = {
-    "full": ([], "recipe demo (E1 scaled to a CPU)"),
+    "full": ([], "the whole recipe"),
     "no_ste": (["rewards.components.proposer.ste.enabled=false"], "proposer reward from self-consistency only"),
     "no_sc": (["solver.sample.n=1"], "no PPS: a single Solver answer per question"),
     "no_fidelity": (["rewards.components.generator.qa_fidelity.enabled=false"], "no QA-fidelity reward"),
@@ -58,7 +59,7 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     "e2": (_E2, "understanding only (5U:0G)"),
     "e3": (_E3, "generation only (0U:5G, solver and proposer frozen)"),
 }
-SIZES = {"full": {"images": 400, "steps": 60, "questions": 500, "per_tag": 10}}
+SIZES = {"full": {"images": 400, "steps": 120, "questions": 500, "per_tag": 10}}
 
 
 def top_answer_shares(samples: list[dict[str, Any]]) -> dict[str, float]:
@@ -105,7 +106,7 @@ def _run_variant(args: argparse.Namespace, seed: int, variant: str, pool: Path, 
     overrides, _ = VARIANTS[variant]
     ns = argparse.Namespace(
         backbone=args.backbone, preset=args.preset, model=args.model, device=default_device(args),
-        dtype=args.dtype, adapters=None, images=pool, recipe="demo",
+        dtype=args.dtype, adapters=None, images=pool, recipe=args.recipe,
         set=[f"seed={seed}", *overrides, *(args.set or [])], steps=args.steps, out=out, resume=None, eval="shapes",
         eval_questions=args.questions, eval_per_tag=args.per_tag, eval_seed=seed, eval_split=args.split,
         eval_before=False,
@@ -157,7 +158,7 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
         judge="ShapesWorld ground truth and detector", seeds=list(range(args.seeds)))
     results["_meta"].update({  # type: ignore[union-attr]
         "n_seeds": args.seeds, "variants": list(args.variants), "split": args.split, "steps": args.steps,
-        "images": args.images, "questions": args.questions, "per_tag": args.per_tag,
+        "images": args.images, "questions": args.questions, "per_tag": args.per_tag, "recipe": args.recipe,
         "model": str(args.model) if args.model else f"{args.backbone} {args.preset or 'default preset'}",
         "seconds_this_invocation": round(time.time() - t0, 1),
         "machine": f"{platform.processor() or platform.machine()}, {_threads()} threads, Python {platform.python_version()}",
@@ -287,6 +288,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--images", type=int, default=d["images"], help=f"unlabeled pool size (default {d['images']})")
     p.add_argument("--questions", type=int, default=d["questions"], help="VQA questions per evaluation")
     p.add_argument("--per-tag", type=int, default=d["per_tag"], help="GenEval-mini prompts per category")
+    p.add_argument("--recipe", default="shapes",
+                   help="the recipe every variant starts from (default shapes; the test-split results of "
+                        "2026-11-29 used demo at 60 steps)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra recipe override for every variant")
     add_backbone_args(p)  # --model: e.g. a tiny directory written by `asg tiny pretrain` (default: shipped base)
     p.add_argument("--work", default="runs/benchmarks/shapes", help="run directories and per-run results (resumable)")

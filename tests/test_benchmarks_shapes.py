@@ -39,6 +39,9 @@ def test_shapes_suite_end_to_end_resume_and_report(tmp_path: Path) -> None:
     shapes = results["full"]["geneval_shapes_per_image"]  # from each evaluation's results.json
     assert shapes["evolved"] == shapes["base"] and shapes["base"][0] >= 0.0
     assert (work / "seed0" / "run-e3" / "eval_after" / "summary.json").is_file()
+    # every variant starts from recipe `shapes` unless --recipe names another
+    assert results["_meta"]["recipe"] == "shapes"
+    assert json.loads((work / "seed0" / "run-full" / "config.json").read_text())["recipe"]["name"] == "shapes"
     assert not (work / "seed0" / "run-e3" / "eval_before").exists()
     assert out.with_suffix(".png").stat().st_size > 10_000 and "| full | **vqa_accuracy** |" in out.with_suffix(".md").read_text()
     assert "| `e3` | generation only" in out.with_suffix(".md").read_text()
@@ -81,10 +84,12 @@ def test_shapes_suite_starts_from_a_given_model(tmp_path: Path) -> None:
     TinyBackbone.load(preset="init", adapters=False).save_pretrained(model)
     out, work = tmp_path / "shapes.json", tmp_path / "work"
     proc = _suite("--seeds", "1", "--variants", "e3", "--steps", "1", "--images", "4", "--questions", "5",
-                  "--per-tag", "1", "--split", "val", "--model", str(model), "--work", str(work), "--out", str(out))
+                  "--per-tag", "1", "--split", "val", "--model", str(model), "--work", str(work), "--out", str(out),
+                  "--recipe", "demo")
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta = json.loads(out.read_text())["_meta"]
-    assert meta["model"] == str(model)
+    assert meta["model"] == str(model) and meta["recipe"] == "demo"
+    assert json.loads((work / "seed0" / "run-e3" / "config.json").read_text())["recipe"]["name"] == "demo"
     # the runner's provenance, as every suite records it (benchmarks/_runner.py)
     assert meta["suite"] == "shapes" and meta["backbone"] == {"name": "tiny", "preset": None, "model": str(model),
                                                                "run": None, "stage": "base"}

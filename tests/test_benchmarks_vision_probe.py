@@ -44,11 +44,12 @@ def test_vision_probe_suite_end_to_end(tmp_path: Path) -> None:
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out.read_text())
-    # tiny: 3 encoder layers -> embeddings + 3 layers + projector; 64 tokens of width 128 (192 after the projector)
+    # tiny: 3 encoder layers -> embeddings + 3 layers + projector; 64 tokens of width 128 (the language
+    # model's width after the projector: 384 for the shipped architecture)
     assert list(results["rows"]) == ["layer 0", "layer 1", "layer 2", "layer 3", "projector"]
-    assert results["rows"]["layer 0"]["dims"] == 64 * 128 and results["rows"]["projector"]["dims"] == 64 * 192
+    assert results["rows"]["layer 0"]["dims"] == 64 * 128 and results["rows"]["projector"]["dims"] == 64 * 384
     assert all(0.0 <= r["train"] <= 100.0 and 0.0 <= r["test"] <= 100.0 for r in results["rows"].values())
-    assert "| projector | 12288 |" in out.with_suffix(".md").read_text()
+    assert "| projector | 24576 |" in out.with_suffix(".md").read_text()
     # --supervised 2: one point, at the last step (every 100 steps and at the end)
     assert [p["step"] for p in results["supervised"]] == [2] and 0.0 <= results["supervised"][0]["test"] <= 100.0
     bad = subprocess.run([sys.executable, "-m", "benchmarks", "vision_probe", "--train", "1"], capture_output=True,

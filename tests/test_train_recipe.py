@@ -40,6 +40,18 @@ def test_presets_differ_as_section_8_says() -> None:
     assert load_recipe("e1").rewards.difficulty.tau_easy == 0.85
 
 
+def test_shapes_is_demo_plus_the_val_tuned_settings() -> None:
+    """`shapes` (the recipe of `asg demo` and the shapes suite) is `demo` with exactly the settings tuned on
+    ShapesWorld's val split (docs/results.md), nothing else."""
+    tuned = ["schedule.steps=120", "solver.lr=3e-4", "solver.scene_vote_questions=16",
+             "solver.scene_vote_balanced=false", "solver.scene_vote_extra_images=3", "solver.scene_vote_position=4",
+             "generator.flow.generated=false"]
+    shapes, demo = load_recipe("shapes"), load_recipe("demo", tuned)
+    assert {**shapes.to_dict(), "name": "", "description": ""} == {**demo.to_dict(), "name": "", "description": ""}
+    for i, setting in enumerate(tuned):  # none of them is demo's value already
+        assert load_recipe("demo", tuned[:i + 1]) != load_recipe("demo", tuned[:i]), setting
+
+
 def test_set_overrides_reach_nested_fields_and_components() -> None:
     """--set walks sections (also helper configs and dotted reward-component names) before validation."""
     r = load_recipe("e1", ["solver.sample.n=5", "solver.sample.ladder.t_max=2.0", "proposer.lr=3e-5",

@@ -84,19 +84,36 @@ def run_data_shapes(args: argparse.Namespace) -> int:
 
 # -- asg tiny ... -----------------------------------------------------------------------------------
 def add_tiny(sub: Sub) -> None:
-    p = sub.add_parser("tiny", help="the embedded `tiny` backbone: pretraining")
+    p = sub.add_parser("tiny", help="the embedded `tiny` backbone: pretraining and export")
     tsub = p.add_subparsers(dest="tiny_command", metavar="ACTION", required=True)
     pre = tsub.add_parser("pretrain", help="pretrain `tiny` on a small labeled ShapesWorld set (CPU)")
     from asg.backbones.tiny.pretrain_config import add_arguments
 
     add_arguments(pre)
     pre.set_defaults(func=run_tiny_pretrain)
+    exp = tsub.add_parser("export", help="copy a `tiny` model directory with its weights stored as float16 "
+                                         "(how the shipped weights are stored) or bfloat16")
+    exp.add_argument("model", type=Path, help="a directory written by `asg tiny pretrain` or `save_pretrained`")
+    exp.add_argument("--out", type=Path, required=True, help="new directory (never overwritten)")
+    exp.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"],
+                     help="storage type of model.safetensors (default float16); the model still runs in float32")
+    exp.set_defaults(func=run_tiny_export)
 
 
 def run_tiny_pretrain(args: argparse.Namespace) -> int:
     from asg.backbones.tiny.pretrain import pretrain_from_args
 
     pretrain_from_args(args)
+    return 0
+
+
+def run_tiny_export(args: argparse.Namespace) -> int:
+    from asg.backbones.tiny.export import export
+
+    record = export(args.model, args.out, args.dtype)
+    size = (args.out / "model.safetensors").stat().st_size / 2**20
+    print(f"wrote {args.out} ({record['tensors']} tensors as {record['dtype']}, {size:.1f} MiB; largest rounding "
+          f"error {record['max_abs_rounding_error']:.2g} in {record['worst_tensor']})")
     return 0
 
 
@@ -222,7 +239,7 @@ def add_demo(sub: Sub) -> None:
                                     "ShapesWorld folder, measured before and after on held-out scenes")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output directory (default runs/demo; must be new)")
     p.add_argument("--quick", action="store_true", help="a smoke run: 10 steps, small evaluations")
-    p.add_argument("--steps", type=int, help="training steps (default 60; 10 with --quick)")
+    p.add_argument("--steps", type=int, help="training steps (default 120; 10 with --quick)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run_demo)
 

@@ -66,8 +66,8 @@ def _check_model_dir(directory: Path, *, shipped: bool) -> None:
         raise DataError(f"tiny model directory {directory} does not exist")
     missing = [name for name in needed if not (directory / name).is_file()]
     if missing:
-        how = ("the shipped weights are missing from this install; re-create them with "
-               f"`asg tiny pretrain --out {directory}`" if shipped else
+        how = ("the shipped weights are missing from this install; reinstall asg-core, or re-create them "
+               "with the commands in docs/tiny.md (`asg tiny pretrain`, then `asg tiny export`)" if shipped else
                "point --model at a directory written by `asg tiny pretrain` or `save_pretrained`")
         raise DataError(f"tiny model directory {directory} lacks {', '.join(missing)}: {how}")
 
@@ -81,7 +81,7 @@ class TinyBackbone(AdapterBackbone):
     roles: tuple[str, ...] = ROLES
     presets: ClassVar[dict[str, Preset]] = {
         "base": Preset("base", "the shipped weights, pretrained on labeled ShapesWorld by `asg tiny pretrain`", has_weights=True),
-        "init": Preset("init", "the same architecture, randomly initialised (where `asg tiny pretrain` starts)"),
+        "init": Preset("init", "the shipped architecture, randomly initialised"),
     }
     default_preset: ClassVar[str] = "base"
     tied_keys = ("vlm.lm_head.weight",)  # tied to the input embeddings; not stored
