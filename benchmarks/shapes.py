@@ -22,7 +22,9 @@ Variants (the full recipe and one ablation each):
 - ``e3``: generation only (0U:5G, solver and proposer frozen).
 
 Every finished (seed, variant) is saved under ``--work`` at once, so an interrupted suite resumes where
-it stopped. Results: ``benchmarks/results/shapes[-<split>].json`` shaped
+it stopped (a run cut off before its result was saved continues from its latest checkpoint); ``--work``
+records the settings it was made with and refuses others. Results:
+``benchmarks/results/shapes[-<split>].json`` shaped
 ``{variant: {metric: {"base": [per seed], "evolved": [per seed]}}}``, a markdown table (mean ± std of
 the gain over seeds) and a plot beside it; run metadata (command, machine, runtime) in ``_meta``.
 """
@@ -107,13 +109,35 @@ def _run_variant(args: argparse.Namespace, seed: int, variant: str, pool: Path, 
     ns = argparse.Namespace(
         backbone=args.backbone, preset=args.preset, model=args.model, device=default_device(args),
         dtype=args.dtype, adapters=None, images=pool, recipe=args.recipe,
-        set=[f"seed={seed}", *overrides, *(args.set or [])], steps=args.steps, out=out, resume=None, eval="shapes",
+        set=[f"seed={seed}", *overrides, *(args.set or [])], steps=args.steps, out=out, resume=_interrupted(out),
+        eval="shapes",
         eval_questions=args.questions, eval_per_tag=args.per_tag, eval_seed=seed, eval_split=args.split,
         eval_before=False,
     )
     summary = run_train(ns)
     after = Path(summary["run"]) / "eval_after"
     return _metrics(json.loads((after / "summary.json").read_text()), after / "results.json")
+
+
+def _interrupted(out: Path) -> Path | None:
+    """A run an earlier invocation left unfinished in ``out``: continued from its latest checkpoint (the
+    returned path), or, with none yet, moved aside (never deleted) so that a new run starts there."""
+    from asg.train.checkpoint import latest_checkpoint
+    from asg.train.run import RunDir
+
+    if not RunDir.holds_run(out):
+        return None
+    if latest_checkpoint(out) is not None:
+        print(f"[shapes] {out}: continuing an interrupted run from its latest checkpoint", flush=True)
+        return out
+    aside = out.with_name(out.name + ".interrupted")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = out.with_name(f"{out.name}.interrupted{n}")
+    out.rename(aside)
+    print(f"[shapes] {out}: an interrupted run without a checkpoint, moved to {aside}; starting afresh", flush=True)
+    return None
 
 
 def _cached(path: Path, make: Any) -> dict[str, float]:
@@ -127,11 +151,31 @@ def _cached(path: Path, make: Any) -> dict[str, float]:
     return value
 
 
+def _check_settings(work: Path, args: argparse.Namespace) -> None:
+    """``--work`` caches results per (seed, variant) only, so it must not mix settings: the first invocation
+    writes them to ``settings.json`` and a later one with other settings stops, naming the differences."""
+    from asg.train.run import atomic_write_text
+
+    settings = {"split": args.split, "recipe": args.recipe, "set": list(args.set or []), "steps": args.steps,
+                "images": args.images, "questions": args.questions, "per_tag": args.per_tag,
+                "backbone": args.backbone, "preset": args.preset, "model": str(args.model) if args.model else None}
+    path = work / "settings.json"
+    if not path.is_file():
+        atomic_write_text(path, json.dumps(settings, indent=1) + "\n")
+        return
+    saved = json.loads(path.read_text())
+    differ = [f"{key} {saved.get(key)!r} there, {value!r} now" for key, value in settings.items() if saved.get(key) != value]
+    if differ:
+        raise SystemExit(f"shapes: --work {work} holds results made with other settings ({'; '.join(differ)}); "
+                         "its saved runs would be reused as if they were these. Use a new --work, or the same settings.")
+
+
 def collect(args: argparse.Namespace) -> dict[str, Any]:
     from asg.shapes import write_unlabeled_folder
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    _check_settings(work, args)
     results: dict[str, dict[str, dict[str, list[float]]]] = {}
     t0 = time.time()
     for seed in range(args.seeds):

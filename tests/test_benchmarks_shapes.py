@@ -51,9 +51,45 @@ def test_shapes_suite_end_to_end_resume_and_report(tmp_path: Path) -> None:
     assert again.returncode == 0 and (work / "seed0" / "e3.json").stat().st_mtime_ns == before
     assert {k: v for k, v in json.loads(out.read_text()).items() if k != "_meta"} == \
         {k: v for k, v in results.items() if k != "_meta"}
+    # the same --work with other settings is refused before anything runs, naming what differs
+    saved = sorted(p.name for p in (work / "seed0").iterdir())
+    other = _suite(*args, "--steps", "2", "--recipe", "demo")
+    assert other.returncode != 0 and "holds results made with other settings" in other.stderr
+    assert "steps 1 there, 2 now" in other.stderr and "recipe 'shapes' there, 'demo' now" in other.stderr
+    assert sorted(p.name for p in (work / "seed0").iterdir()) == saved
+    assert json.loads((work / "settings.json").read_text())["steps"] == 1
     # --report re-renders from the saved file only
     out.with_suffix(".md").unlink()
     assert _suite("--report", "--out", str(out)).returncode == 0 and out.with_suffix(".md").is_file()
+
+
+def test_shapes_suite_continues_an_interrupted_run(tmp_path: Path) -> None:
+    """A (seed, variant) whose run was cut off before its result was saved is continued from the run's
+    latest checkpoint; one with no checkpoint yet is moved aside, not deleted, and run again. Either way
+    the result is the one an uninterrupted run gives."""
+    import shutil
+
+    out, work = tmp_path / "shapes.json", tmp_path / "work"
+    args = ["--seeds", "1", "--variants", "e3", "--steps", "2", "--images", "4", "--questions", "5", "--per-tag", "1",
+            "--split", "val", "--work", str(work), "--out", str(out), "--set", "run.checkpoint_every=1"]
+    assert _suite(*args).returncode == 0
+    first = json.loads((work / "seed0" / "e3.json").read_text())
+    run = work / "seed0" / "run-e3"
+    # cut off after its last checkpoint: the result file and the final evaluation are missing
+    (work / "seed0" / "e3.json").unlink()
+    shutil.rmtree(run / "eval_after")
+    again = _suite(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "continuing an interrupted run from its latest checkpoint" in again.stdout
+    assert json.loads((work / "seed0" / "e3.json").read_text()) == first
+    # cut off before any checkpoint: moved aside whole, and the run made again from the start
+    (work / "seed0" / "e3.json").unlink()
+    shutil.rmtree(run / "checkpoints")
+    (run / "checkpoints").mkdir()
+    third = _suite(*args)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "moved to" in third.stdout and (work / "seed0" / "run-e3.interrupted" / "config.json").is_file()
+    assert json.loads((work / "seed0" / "e3.json").read_text()) == first
 
 
 def test_shapes_report_without_results_is_a_clear_error(tmp_path: Path) -> None:
