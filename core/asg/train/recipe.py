@@ -22,6 +22,7 @@ import attrs
 
 from asg._validate import _fmt, boolean, closest, did_you_mean, number, one_of, string
 from asg.errors import ConfigError, ConfigFieldError, UnknownNameError
+from asg.train.presets import merge as _merge
 from asg.config import nested_config, sections, to_plain
 from asg.rewards.config import RewardsConfig
 from asg.roles.generator import GateConfig, GeneratorConfig
@@ -200,16 +201,6 @@ class Recipe:
     def from_dict(cls, data: Mapping[str, Any]) -> Recipe:
         """A validated recipe from a plain mapping; any error is a ConfigFieldError naming the field's dotted path."""
         return _build(cls, data)
-
-
-def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def _parse_value(text: str) -> Any:
