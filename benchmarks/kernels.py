@@ -305,6 +305,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                               "run": None, "stage": "base"} if args.backbone else None)
     print(f"# asg kernel benchmark on {info.get('gpu') or info['cpu']} ({device}), {args.dtype}", flush=True)
     rows: list[dict[str, Any]] = []
+    out = Path(args.out) if args.out else RESULTS / f"kernels-{device}.json"
+    # rewritten after every measurement, so a run cut off by a time limit keeps what it measured
+    report = {"suite": "kernels", "machine": info, "dtype": args.dtype, "repeat": repeat, "results": rows,
+              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "_meta": meta, "partial": True}
     for op in ops:
         names = list(implementations(op, device, use_compile))
         for T in tokens:
@@ -325,14 +329,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     rows.append(r)
                     msg = r.get("error") or f"{r['time_ms']:.2f} ms, {r['peak_mb']:.0f} MB"
                     print(f"  {op:>18} {T:>6} x {V:<6} {impl:<11} {msg}", flush=True)
+                    write_result(out, report, render(report))
     peak_bw = (info.get("peak_bandwidth_tb_s") or 0) * 1e12 or None
-    report = {"suite": "kernels", "machine": info, "dtype": args.dtype, "repeat": repeat, "results": rows,
-              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "_meta": meta}
+    report["partial"] = False
     finish_meta(meta)
     text = render(report)
     print()
     print(table(rows, peak_bw))
-    out = Path(args.out) if args.out else RESULTS / f"kernels-{device}.json"
     write_result(out, report, text)
     print(f"\nwrote {out} and {out.with_suffix('.md')}")
     return report
@@ -349,6 +352,8 @@ def render(report: dict[str, Any]) -> str:
     meta = report.get("_meta")
     if meta:
         parts.append(f"`{meta['command']}`")
+    if report.get("partial"):
+        parts.append("**Partial:** the run was cut off (or is still running); the rows below are what it measured.")
     parts.append(table(report["results"], peak_bw))
     if meta:
         parts.append(provenance_line(meta))

@@ -257,12 +257,19 @@ def test_every_kernel_builds_row_offsets_in_int64() -> None:
 
 
 def test_dispatch_rules(monkeypatch: pytest.MonkeyPatch) -> None:
-    """auto runs the reference on CPU even when interpreting; ASG_KERNELS picks; bad values are named."""
+    """auto runs the reference on CPU even when interpreting (and the kernels on CUDA tensors); ASG_KERNELS
+    picks; bad values are named."""
     x = torch.zeros(2, 3)
     monkeypatch.delenv("ASG_KERNELS", raising=False)
     assert kernels.select_backend(x) == "torch"
+    if torch.cuda.is_available():  # a GPU machine: auto sends CUDA tensors to the kernels
+        assert kernels.select_backend(x.cuda()) == "triton"
     monkeypatch.setenv("ASG_KERNELS", "triton")
-    assert kernels.select_backend(x) == ("triton" if tk.INTERPRET else "torch")
+    if tk.INTERPRET:
+        assert kernels.select_backend(x) == "triton"
+    else:  # compiled kernels: asking for them on a CPU tensor is an error that says why, not a silent fallback
+        with pytest.raises(RuntimeError, match="the tensor is on cpu and no GPU kernel can run there"):
+            kernels.select_backend(x)
     assert kernels.select_backend(x, "torch") == "torch"
     with pytest.raises(TypeError, match="fp16, bf16 or fp32, got torch.float64"):
         kernels.select_backend(x.double())
