@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from asg.train.run import read_jsonl
 from benchmarks._results import write_result
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -84,9 +85,8 @@ def train_steps(device: str, dtype: str, pool: Path, run: Path, args: argparse.N
     t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ), timeout=args.train_timeout)
     wall = time.time() - t0
-    metrics = run / "metrics.jsonl"
-    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
-    steps = [r for r in records if "step_time_sec" in r]
+    # a child stopped by its timeout may leave a last line cut short: read_jsonl reports it instead of failing
+    steps = [r for r in read_jsonl(run / "metrics.jsonl").records if "step_time_sec" in r]
     out: dict[str, Any] = {"train_wall_seconds": wall, "steps_done": len(steps), "returncode": proc.returncode}
     if proc.returncode != 0:
         out["error"] = (proc.stderr.strip().splitlines() or ["failed"])[-1][:300]
@@ -98,20 +98,14 @@ def train_steps(device: str, dtype: str, pool: Path, run: Path, args: argparse.N
 
 
 def machine() -> dict[str, Any]:
-    import platform
-
+    """The kernel benchmark's machine description (platform, torch, threads, CPU, GPU, git) and the
+    kernel backend the loop was told to use."""
     import torch
 
-    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
-                            "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
-                            "asg_kernels": os.environ.get("ASG_KERNELS", "auto")}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_properties(0).name
-    try:
-        cpu = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")]
-        info["cpu"] = f"{cpu[0]} ({len(cpu)} logical cores)" if cpu else platform.processor()
-    except OSError:
-        info["cpu"] = platform.processor()
+    from benchmarks.kernels import machine as describe
+
+    info = describe("cuda" if torch.cuda.is_available() else "cpu")
+    info["asg_kernels"] = os.environ.get("ASG_KERNELS", "auto")
     return info
 
 
@@ -189,7 +183,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     row["error"] = (row.get("error", "") + f" train: {err}").strip()
             except Exception as exc:  # noqa: BLE001
                 row["error"] = (row.get("error", "") + f" train: {type(exc).__name__}: {exc}".splitlines()[0][:300]).strip()
-            print(f"[gpu_paths] {name}: " + json.dumps({k: v for k, v in row.items()}), flush=True)
+            print(f"[gpu_paths] {name}: " + json.dumps(row), flush=True)
             write_result(out, report, render(report))
     report["partial"] = False
     text = render(report)
