@@ -22,6 +22,7 @@ SUITES = {
     "geneval_curve": ("benchmarks.geneval_curve", "GenEval-mini at every saved checkpoint of self-evolution runs: did the generator drift, and when"),
     "understanding": ("benchmarks.understanding", "understanding benchmarks through lmms-eval: MMMU, MMBench, TextVQA, SEED, RealWorldQA, MM-Vet, MME-P/C"),
     "text": ("benchmarks.text", "lm-eval tasks (MMMU, text tasks that catch a loss of language ability) through asg.harness.lm"),
+    "kernel_configs": ("benchmarks.kernel_configs", "GPU: every launch configuration of the token_stats / token_kl forwards at one shape, against the autotuned one"),
     "gpu_paths": ("benchmarks.gpu_paths", "tiny evaluated and self-evolved on a GPU against the CPU: answers agreement, seconds per step"),
     "soak": ("benchmarks.soak", "a long tiny run with memory sampled: resident-set growth, rolling windows vs their caps"),
     "report": ("benchmarks.report", "published base / self-evolved numbers beside ours, per backbone, with flags and plots"),

@@ -188,10 +188,21 @@ def measure(op: str, impl: str, T: int, V: int, D: int, dtype_name: str, device:
     ms = statistics.median(times) * 1e3
     linear = op == "linear_token_stats"
     return {"op": op, "impl": impl, "tokens": T, "vocab": V, "hidden": D if linear else None,
-            "dtype": dtype_name, "time_ms": ms, "peak_mb": max(0, peak) / 2**20,
+            "dtype": dtype_name, "time_ms": ms, "peak_mb": max(0, peak) / 2**20, "config": _tuned(op, impl, device),
             # memory-bound ops: logits bytes read per second; the fused linear: GEMM FLOP per second
             "gb_per_s": None if linear else bytes_read(op, T, V, dtype) / (ms / 1e3) / 1e9,
             "tflop_per_s": 2 * T * V * D / (ms / 1e3) / 1e12 if linear else None}
+
+
+def _tuned(op: str, impl: str, device: str) -> str | None:
+    """The configuration the autotuner chose for asg's forward kernel of ``op`` on its last call (GPU only)."""
+    if impl != "asg" or device != "cuda":
+        return None
+    from asg.kernels import triton_kernels as tk
+
+    kernel = {"token_stats": tk._stats_fwd_kernel, "token_kl": tk._kl_fwd_kernel,
+              "linear_token_stats": tk._linear_fwd_kernel}[op]
+    return str(getattr(kernel, "best_config", None))
 
 
 def measure_in_child(args: dict[str, Any]) -> dict[str, Any]:

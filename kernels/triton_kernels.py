@@ -7,7 +7,10 @@ Design (see docs/kernels.md and the research notes in kernels.md of the shared r
   running max ``m``, ``r = sum e^(z-m)`` without the first maximum (s = 1 + r, log s = log1p(r)),
   the *shifted* entropy accumulator ``a = sum e^(z-m)(z-m)`` (no cancellation for peaked rows),
   top-1 index, top-2 value and the target logit (gathered by a column compare, which cannot read out
-  of bounds);
+  of bounds); ``token_kl``'s forward and the fused linear fold each tile into that per-row state
+  (``_online_block``), while ``token_stats``' forward keeps the state per column slot, updated
+  elementwise with one exp2 per logit, and merges the slots once per row (2.4-2.6x faster on an H200
+  than seven row reductions per tile; its target logit is one masked load per row);
 - inputs are loaded in their own dtype (bf16/fp16/fp32) and upcast per block; the temperature divides
   the fp32 values; columns at or beyond ``vocab_limit`` are never read and count as -inf;
 - row offsets are built in int64 (``_row_offsets``): at 16384 x 152064 an int32 offset wraps from row
@@ -50,6 +53,20 @@ else:
     _LINEAR_CONFIGS = _configs([{"BLOCK_T": 128, "BLOCK_V": 128, "BLOCK_D": 64},
                                 {"BLOCK_T": 64, "BLOCK_V": 128, "BLOCK_D": 64},
                                 {"BLOCK_T": 128, "BLOCK_V": 256, "BLOCK_D": 32}], [8], stages=3)
+
+# The forward of token_stats keeps a state per column slot (5 registers per slot), so its blocks are narrower.
+if INTERPRET:
+    _STATS_FWD_CONFIGS = [triton.Config({"BLOCK_T": 16, "BLOCK_V": 1024}, num_warps=1)]
+else:
+    _STATS_FWD_CONFIGS = _configs([{"BLOCK_T": 1, "BLOCK_V": 1024}, {"BLOCK_T": 1, "BLOCK_V": 2048},
+                                   {"BLOCK_T": 2, "BLOCK_V": 1024}], [4, 8])
+
+# token_kl's forward: the list above plus the two fastest of the sweep at 16k x 152k on an H200
+# (benchmarks/results/kernel-configs-cuda.md: 2.78 ms with 2 warps against 3.13 ms for the list's pick).
+_KL_FWD_CONFIGS = _STATS_CONFIGS if INTERPRET else _STATS_CONFIGS + _configs(
+    [{"BLOCK_T": 1, "BLOCK_V": 2048}], [2]) + _configs([{"BLOCK_T": 1, "BLOCK_V": 4096}], [4])
+
+_SENT = tl.constexpr(-3.4028234663852886e38)  # -FLT_MAX: "no finite logit yet" in a slot (see _stats_fwd_kernel)
 
 COLS_PER_SPLIT = 4096  # vocabulary columns per program of the fused-linear kernel (a multiple of BLOCK_V)
 
@@ -122,31 +139,74 @@ def _finish(m, r, a, zt, tgt, ignore_index):
     return h, lp, lse
 
 
-@triton.autotune(configs=_STATS_CONFIGS, key=["n_cols"])
+@triton.autotune(configs=_STATS_FWD_CONFIGS, key=["n_cols"])
 @triton.jit
 def _stats_fwd_kernel(
     X, stride_x, TGT, H, LP, LSE, TOP1, T1, T2,
     n_rows, n_cols, vocab_limit, temperature, ignore_index,
-    HAS_TGT: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr,
+    HAS_TGT: tl.constexpr, SCALE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
+    """Per-lane online softmax: each of the BLOCK_V column slots of a row keeps its own state over the
+    columns it sees (v0 + j for every block v0), with elementwise updates only and one exp2 per logit;
+    the slots are merged once per row after the loop. (A reduction per state field per block, as in
+    ``_online_block``, made this kernel compute-bound at 14 % of an H200's bandwidth: docs/kernels.md.)
+
+    Slot state: max ``m`` (_SENT until a finite logit is seen: a finite stand-in for -inf, so that no
+    0 * inf can arise), ``r = sum e^(z-m)`` without the slot's first maximum, ``a = sum e^(z-m)(z-m)``,
+    the slot's second largest ``t2`` (ties kept) and first argmax ``i1``. The update is exact: with
+    d = z - m, a new maximum (d > 0) rescales the slot by e^-d, any other logit adds e^d; d is clamped to
+    [-128, 128], beyond which both weights underflow to 0 in fp32 as they should.
+    """
     rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     rmask = rows < n_rows
     base = _row_offsets(rows, stride_x)
     tgt = _load_target(TGT, rows, rmask, ignore_index, HAS_TGT, BLOCK_T)
-    m, r, a, t2, i1, zt = _initial_state(BLOCK_T)
+    lane = tl.arange(0, BLOCK_V)
+    m = tl.full([BLOCK_T, BLOCK_V], _SENT, tl.float32)
+    r = tl.zeros([BLOCK_T, BLOCK_V], tl.float32)
+    a = tl.zeros([BLOCK_T, BLOCK_V], tl.float32)
+    t2 = tl.full([BLOCK_T, BLOCK_V], _SENT, tl.float32)
+    i1 = tl.full([BLOCK_T, BLOCK_V], -1, tl.int32)
     for v0 in range(0, vocab_limit, BLOCK_V):
-        cols = v0 + tl.arange(0, BLOCK_V).to(tl.int64)
+        cols = v0 + lane
         mask = rmask[:, None] & (cols < vocab_limit)[None, :]
-        x = tl.load(X + base[:, None] + cols[None, :], mask=mask, other=float("-inf"))
-        z = x.to(tl.float32) / temperature
-        m, r, a, t2, i1, zt = _online_block(z, cols, tgt, m, r, a, t2, i1, zt)
-    h, lp, lse = _finish(m, r, a, zt, tgt, ignore_index)
+        z = tl.load(X + base[:, None] + cols[None, :], mask=mask, other=float("-inf")).to(tl.float32)
+        if SCALE:
+            z = z / temperature
+        d = tl.minimum(tl.maximum(z - m, -128.0), 128.0)
+        new = d > 0
+        t = tl.exp2(tl.abs(d) * -1.4426950408889634)  # e^-d for a new maximum, e^d otherwise
+        s_old = 1.0 + r
+        r = tl.where(new, t * s_old, r + t)
+        a = tl.where(new, t * (a - s_old * d), a + t * d)
+        t2 = tl.where(new, m, tl.maximum(t2, z))
+        i1 = tl.where(new, cols[None, :], i1)
+        m = tl.where(new, z, m)
+    # merge the slots: the first maximum's slot keeps its r; every other slot joins it as c * (1 + r)
+    M = tl.max(m, 1)
+    row_live = M > _SENT
+    slot_live = m > _SENT
+    I1 = tl.min(tl.where(m == M[:, None], i1, 2**31 - 1), 1)
+    star = i1 == I1[:, None]
+    c = tl.exp2((m - M[:, None]) * 1.4426950408889634)
+    s = tl.where(slot_live, 1.0 + r, 0.0)
+    R = tl.sum(tl.where(star, r, c * s), 1)
+    A = tl.sum(tl.where(slot_live, c * (a + s * (m - M[:, None])), 0.0), 1)
+    top2 = tl.maximum(tl.max(tl.where(star | (~slot_live), _SENT, m), 1), tl.max(tl.where(star, t2, _SENT), 1))
+    m_out = tl.where(row_live, M, float("-inf"))
+    zt = tl.zeros([BLOCK_T], tl.float32)
+    if HAS_TGT:
+        tmask = rmask & (tgt >= 0) & (tgt < vocab_limit)
+        zt = tl.load(X + base + tl.where(tmask, tgt, 0), mask=tmask, other=0.0).to(tl.float32)
+        if SCALE:
+            zt = zt / temperature
+    h, lp, lse = _finish(m_out, R, A, zt, tgt, ignore_index)
     tl.store(H + rows, h, mask=rmask)
     tl.store(LP + rows, lp, mask=rmask)
     tl.store(LSE + rows, lse, mask=rmask)
-    tl.store(TOP1 + rows, i1, mask=rmask)
-    tl.store(T1 + rows, m, mask=rmask)
-    tl.store(T2 + rows, t2, mask=rmask)
+    tl.store(TOP1 + rows, tl.where(row_live, I1, 0).to(tl.int64), mask=rmask)
+    tl.store(T1 + rows, m_out, mask=rmask)
+    tl.store(T2 + rows, tl.where(top2 > _SENT, top2, float("-inf")), mask=rmask)
 
 
 @triton.autotune(configs=_STATS_CONFIGS, key=["n_cols"])
@@ -193,7 +253,7 @@ def _stats_bwd_kernel(
                  mask=rmask[:, None] & (cols < n_cols)[None, :])
 
 
-@triton.autotune(configs=_STATS_CONFIGS, key=["n_cols"])
+@triton.autotune(configs=_KL_FWD_CONFIGS, key=["n_cols"])
 @triton.jit
 def _kl_fwd_kernel(
     P, stride_p, Q, stride_q, KL, LSE_P, LSE_Q,
@@ -357,6 +417,7 @@ def stats_forward(logits, target, temperature, ignore_index, vocab_limit):
         _stats_fwd_kernel[_grid(N)](
             logits, logits.stride(0), tgt, h, lp, lse, top1, t1, t2,
             N, V, vocab_limit, float(temperature), int(ignore_index), HAS_TGT=target is not None,
+            SCALE=float(temperature) != 1.0,
         )
     return h, lp, lse, top1, t1, t2
 
