@@ -4,6 +4,7 @@
     python -m benchmarks shapes --seeds 1 --variants full e2 e3
     python -m benchmarks shapes --split val ...           # tuning: measure on the validation split
     python -m benchmarks shapes --report                  # re-render table and plot from the saved results
+    python -m benchmarks shapes --seeds 3 --variants e2 --work DIR --merge   # add a variant to the saved results
 
 For each seed it writes an unlabeled ShapesWorld folder (``pool`` split, disjoint from the held-out
 scenes), measures the shipped `tiny` base once on the evaluation split, and for each variant runs the
@@ -27,6 +28,12 @@ records the settings it was made with and refuses others. Results:
 ``benchmarks/results/shapes[-<split>].json`` shaped
 ``{variant: {metric: {"base": [per seed], "evolved": [per seed]}}}``, a markdown table (mean ± std of
 the gain over seeds) and a plot beside it; run metadata (command, machine, runtime) in ``_meta``.
+
+``--merge`` adds this invocation's variants to the result file already at ``--out`` (a variant of the
+same name is replaced) instead of overwriting it, so that variants measured in separate invocations,
+sessions or machines make one table. The file's settings (split, steps, pool size, evaluation sizes,
+recipe, overrides, model, seeds) must equal this invocation's: that is checked before anything runs.
+``_meta["parts"]`` then lists every invocation that contributed (command, variants, machine, time).
 """
 
 from __future__ import annotations
@@ -201,15 +208,66 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
         prompt_set=f"{args.questions} VQA questions, {args.per_tag} GenEval-mini prompts per category",
         judge="ShapesWorld ground truth and detector", seeds=list(range(args.seeds)))
     results["_meta"].update({  # type: ignore[union-attr]
-        "n_seeds": args.seeds, "variants": list(args.variants), "split": args.split, "steps": args.steps,
-        "images": args.images, "questions": args.questions, "per_tag": args.per_tag, "recipe": args.recipe,
-        "model": str(args.model) if args.model else f"{args.backbone} {args.preset or 'default preset'}",
+        "n_seeds": args.seeds, "variants": list(args.variants), **_settings(args),
         "seconds_this_invocation": round(time.time() - t0, 1),
         "machine": f"{platform.processor() or platform.machine()}, {_threads()} threads, Python {platform.python_version()}",
         "descriptions": {v: VARIANTS[v][1] for v in args.variants},
     })
     finish_meta(results["_meta"])  # type: ignore[arg-type]
     return results
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What makes two results comparable, as ``_meta`` records it (``set``: the extra overrides)."""
+    return {"split": args.split, "steps": args.steps, "images": args.images, "questions": args.questions,
+            "per_tag": args.per_tag, "recipe": args.recipe, "set": list(args.set or []),
+            "model": str(args.model) if args.model else f"{args.backbone} {args.preset or 'default preset'}"}
+
+
+def _check_mergeable(saved: dict[str, Any], args: argparse.Namespace, out: Path) -> None:
+    """Refuse ``--merge`` into a result made with other settings, naming each difference."""
+    meta = saved.get("_meta", {})
+    want = {"n_seeds": args.seeds, **_settings(args)}
+    defaults = {"set": []}  # results written before ``set`` was recorded had no overrides
+    differ = [f"{key} {meta.get(key, defaults.get(key))!r} there, {value!r} now"
+              for key, value in want.items() if meta.get(key, defaults.get(key)) != value]
+    if differ:
+        raise SystemExit(f"shapes: --merge: {out} holds results made with other settings ({'; '.join(differ)}); "
+                         "merging would put incomparable numbers in one table. Use another --out, or the same settings.")
+
+
+def _part(meta: dict[str, Any]) -> dict[str, Any]:
+    return {key: meta.get(key) for key in ("command", "variants", "started", "seconds", "machine", "git_revision")}
+
+
+def merge(saved: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``saved``'s variants with ``new``'s added (a variant in both: ``new``'s), and a ``_meta`` listing
+    every contributing invocation under ``parts``. The base is measured again by every invocation, so a
+    base that differs between them (another torch, another machine) is reported, not hidden."""
+    old_meta, new_meta_ = saved.get("_meta", {}), new["_meta"]
+    variants = [v for v in saved if not v.startswith("_") and v not in new] + [v for v in new if not v.startswith("_")]
+    merged: dict[str, Any] = {v: (new[v] if v in new else saved[v]) for v in variants}
+    parts = [p for p in old_meta.get("parts", [_part(old_meta)]) if set(p.get("variants") or []) - set(new_meta_["variants"])]
+    meta = dict(new_meta_)
+    meta.update({
+        "variants": variants,
+        "descriptions": {**old_meta.get("descriptions", {}), **new_meta_.get("descriptions", {})},
+        "parts": parts + [_part(new_meta_)],
+    })
+    mismatch = []
+    kept = [v for v in variants if v not in new]
+    for v in (v for v in new if not v.startswith("_")):
+        for k in kept[:1]:
+            for metric in ("vqa_accuracy", "geneval_mini"):
+                a, b = saved[k][metric]["base"], new[v][metric]["base"]
+                if any(abs(x - y) > 1e-6 for x, y in zip(a, b)):
+                    mismatch.append(f"{metric}: {a} ({k}) against {b} ({v})")
+    if mismatch:
+        meta["base_mismatch"] = mismatch
+        print("[shapes] warning: the base measured by this invocation differs from the saved one: "
+              + "; ".join(mismatch), flush=True)
+    merged["_meta"] = meta
+    return merged
 
 
 def _threads() -> int:
@@ -300,8 +358,11 @@ def _paths(args: argparse.Namespace) -> Path:
 def write(results: dict[str, Any], out: Path) -> None:
     meta = results.get("_meta", {})
     text = summary_table(results) + "\n\n" + table(results)
-    write_result(out, results, f"# ShapesWorld self-evolution ({meta.get('split', 'test')} split)\n\n"
-                               f"`{meta.get('command', '')}`\n\n{text}")
+    commands = [p.get("command") or "" for p in meta.get("parts", [])] or [meta.get("command", "")]
+    how = "\n".join(f"`{c}`  " for c in commands).rstrip()
+    if len(commands) > 1:
+        how = "Merged from these invocations (`--merge`):\n\n" + how
+    write_result(out, results, f"# ShapesWorld self-evolution ({meta.get('split', 'test')} split)\n\n{how}\n\n{text}")
     plot(results, out.with_suffix(".png"))
     print(text)
     print(f"\nwrote {out}, {out.with_suffix('.md')} and {out.with_suffix('.png')}")
@@ -317,7 +378,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit(f"--report: no results at {out}; run the suite first")
         results = json.loads(out.read_text())
     else:
+        saved = None
+        if args.merge and out.is_file():
+            saved = json.loads(out.read_text())
+            _check_mergeable(saved, args, out)  # before hours of runs, not after
         results = collect(args)
+        if saved is not None:
+            results = merge(saved, results)
     write(results, out)
     return results
 
@@ -340,6 +407,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--work", default="runs/benchmarks/shapes", help="run directories and per-run results (resumable)")
     p.add_argument("--out", help="result file (default benchmarks/results/shapes[-val].json)")
     p.add_argument("--report", action="store_true", help="re-render table and plot from the saved results only")
+    p.add_argument("--merge", action="store_true",
+                   help="add this invocation's variants to the results already at --out (same settings required) "
+                        "instead of overwriting them")
     return p
 
 

@@ -58,6 +58,24 @@ def test_shapes_suite_end_to_end_resume_and_report(tmp_path: Path) -> None:
     assert "steps 1 there, 2 now" in other.stderr and "recipe 'shapes' there, 'demo' now" in other.stderr
     assert sorted(p.name for p in (work / "seed0").iterdir()) == saved
     assert json.loads((work / "settings.json").read_text())["steps"] == 1
+    # --merge adds a variant run later to the saved table, keeping the others as they were
+    merged = _suite("--seeds", "1", "--variants", "no_cycle", *args[5:], "--merge")
+    assert merged.returncode == 0, merged.stderr[-3000:]
+    both = json.loads(out.read_text())
+    assert list(both) == ["full", "e3", "no_cycle", "_meta"]
+    assert both["full"] == results["full"] and both["e3"] == results["e3"]
+    assert both["no_cycle"]["vqa_accuracy"]["base"] == results["full"]["vqa_accuracy"]["base"]
+    meta = both["_meta"]
+    assert meta["variants"] == ["full", "e3", "no_cycle"] and "base_mismatch" not in meta
+    assert [p["variants"] for p in meta["parts"]] == [["full", "e3"], ["no_cycle"]]
+    assert "no cycle-consistency reward" in meta["descriptions"]["no_cycle"] and "full" in meta["descriptions"]
+    page = out.with_suffix(".md").read_text()
+    assert "Merged from these invocations" in page and "--variants no_cycle" in page and "| `no_cycle` |" in page
+    # ... and refuses, before running anything, a merge of results made with other settings
+    kept = out.read_text()
+    clash = _suite(*[a if a != str(work) else str(tmp_path / "work2") for a in args], "--merge", "--recipe", "demo")
+    assert clash.returncode != 0 and "--merge" in clash.stderr and "recipe 'shapes' there, 'demo' now" in clash.stderr
+    assert out.read_text() == kept and not (tmp_path / "work2").exists()
     # --report re-renders from the saved file only
     out.with_suffix(".md").unlink()
     assert _suite("--report", "--out", str(out)).returncode == 0 and out.with_suffix(".md").is_file()
@@ -90,6 +108,36 @@ def test_shapes_suite_continues_an_interrupted_run(tmp_path: Path) -> None:
     assert third.returncode == 0, third.stderr[-3000:]
     assert "moved to" in third.stdout and (work / "seed0" / "run-e3.interrupted" / "config.json").is_file()
     assert json.loads((work / "seed0" / "e3.json").read_text()) == first
+
+
+def test_merge_by_hand() -> None:
+    """merge(): variants kept in order, a re-run variant replaced, every invocation listed under ``parts``,
+    and a base that differs between invocations recorded and named."""
+    from benchmarks.shapes import merge
+
+    def cell(base: float, evolved: float) -> dict[str, list[float]]:
+        return {"base": [base], "evolved": [evolved]}
+
+    saved = {"full": {"vqa_accuracy": cell(80.0, 82.0), "geneval_mini": cell(40.0, 48.0)},
+             "e3": {"vqa_accuracy": cell(80.0, 80.0), "geneval_mini": cell(40.0, 51.0)},
+             "_meta": {"command": "python -m benchmarks shapes --variants full e3", "variants": ["full", "e3"],
+                       "descriptions": {"full": "the whole recipe", "e3": "generation only"}, "seconds": 9.0}}
+    new = {"e3": {"vqa_accuracy": cell(80.0, 80.0), "geneval_mini": cell(40.0, 45.0)},
+           "e2": {"vqa_accuracy": cell(80.5, 83.0), "geneval_mini": cell(40.0, 40.0)},
+           "_meta": {"command": "python -m benchmarks shapes --variants e3 e2 --merge", "variants": ["e3", "e2"],
+                     "descriptions": {"e3": "generation only", "e2": "understanding only"}, "seconds": 5.0}}
+    out = merge(saved, new)
+    assert list(out) == ["full", "e3", "e2", "_meta"]
+    assert out["full"] == saved["full"] and out["e3"] == new["e3"] and out["e2"] == new["e2"]
+    meta = out["_meta"]
+    assert meta["variants"] == ["full", "e3", "e2"] and set(meta["descriptions"]) == {"full", "e3", "e2"}
+    assert [p["command"] for p in meta["parts"]] == [saved["_meta"]["command"], new["_meta"]["command"]]
+    # the kept variant's base is 80.0, the new e2's 80.5: named, once per differing metric and new variant
+    assert meta["base_mismatch"] == ["vqa_accuracy: [80.0] (full) against [80.5] (e2)"]
+    # merging again over a variant that replaced everything of an earlier part drops that part
+    again = merge(out, {"full": saved["full"], "e3": new["e3"], "e2": new["e2"],
+                        "_meta": {**new["_meta"], "command": "third", "variants": ["full", "e3", "e2"]}})
+    assert [p["command"] for p in again["_meta"]["parts"]] == ["third"]
 
 
 def test_shapes_report_without_results_is_a_clear_error(tmp_path: Path) -> None:
