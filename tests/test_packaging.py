@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-import asg
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
