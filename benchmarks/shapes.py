@@ -170,8 +170,7 @@ def _check_settings(work: Path, args: argparse.Namespace) -> None:
     if not path.is_file():
         atomic_write_text(path, json.dumps(settings, indent=1) + "\n")
         return
-    saved = json.loads(path.read_text())
-    differ = [f"{key} {saved.get(key)!r} there, {value!r} now" for key, value in settings.items() if saved.get(key) != value]
+    differ = _differences(json.loads(path.read_text()), settings)
     if differ:
         raise SystemExit(f"shapes: --work {work} holds results made with other settings ({'; '.join(differ)}); "
                          "its saved runs would be reused as if they were these. Use a new --work, or the same settings.")
@@ -224,13 +223,18 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
             "model": str(args.model) if args.model else f"{args.backbone} {args.preset or 'default preset'}"}
 
 
+def _differences(saved: dict[str, Any], now: dict[str, Any], defaults: dict[str, Any] | None = None) -> list[str]:
+    """``"<key> <saved value> there, <value now> now"`` for every key of ``now`` whose value ``saved`` does not
+    share (a key ``saved`` lacks counts as its ``defaults`` value, else None)."""
+    defaults = defaults or {}
+    return [f"{key} {saved.get(key, defaults.get(key))!r} there, {value!r} now"
+            for key, value in now.items() if saved.get(key, defaults.get(key)) != value]
+
+
 def _check_mergeable(saved: dict[str, Any], args: argparse.Namespace, out: Path) -> None:
     """Refuse ``--merge`` into a result made with other settings, naming each difference."""
-    meta = saved.get("_meta", {})
-    want = {"n_seeds": args.seeds, **_settings(args)}
-    defaults = {"set": []}  # results written before ``set`` was recorded had no overrides
-    differ = [f"{key} {meta.get(key, defaults.get(key))!r} there, {value!r} now"
-              for key, value in want.items() if meta.get(key, defaults.get(key)) != value]
+    # results written before ``set`` was recorded had no overrides
+    differ = _differences(saved.get("_meta", {}), {"n_seeds": args.seeds, **_settings(args)}, {"set": []})
     if differ:
         raise SystemExit(f"shapes: --merge: {out} holds results made with other settings ({'; '.join(differ)}); "
                          "merging would put incomparable numbers in one table. Use another --out, or the same settings.")
@@ -245,8 +249,10 @@ def merge(saved: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     every contributing invocation under ``parts``. The base is measured again by every invocation, so a
     base that differs between them (another torch, another machine) is reported, not hidden."""
     old_meta, new_meta_ = saved.get("_meta", {}), new["_meta"]
-    variants = [v for v in saved if not v.startswith("_") and v not in new] + [v for v in new if not v.startswith("_")]
-    merged: dict[str, Any] = {v: (new[v] if v in new else saved[v]) for v in variants}
+    kept = [v for v in saved if not v.startswith("_") and v not in new]
+    added = [v for v in new if not v.startswith("_")]
+    variants = kept + added
+    merged: dict[str, Any] = {**{v: saved[v] for v in kept}, **{v: new[v] for v in added}}
     parts = [p for p in old_meta.get("parts", [_part(old_meta)]) if set(p.get("variants") or []) - set(new_meta_["variants"])]
     meta = dict(new_meta_)
     meta.update({
@@ -255,13 +261,13 @@ def merge(saved: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         "parts": parts + [_part(new_meta_)],
     })
     mismatch = []
-    kept = [v for v in variants if v not in new]
-    for v in (v for v in new if not v.startswith("_")):
-        for k in kept[:1]:
+    if kept:  # every variant of one invocation has the same base: compare with one saved variant's
+        ref = kept[0]
+        for v in added:
             for metric in ("vqa_accuracy", "geneval_mini"):
-                a, b = saved[k][metric]["base"], new[v][metric]["base"]
+                a, b = saved[ref][metric]["base"], new[v][metric]["base"]
                 if any(abs(x - y) > 1e-6 for x, y in zip(a, b)):
-                    mismatch.append(f"{metric}: {a} ({k}) against {b} ({v})")
+                    mismatch.append(f"{metric}: {a} ({ref}) against {b} ({v})")
     if mismatch:
         meta["base_mismatch"] = mismatch
         print("[shapes] warning: the base measured by this invocation differs from the saved one: "
