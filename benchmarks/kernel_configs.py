@@ -25,22 +25,23 @@ RESULTS = Path(__file__).resolve().parent / "results"
 GRID = {"BLOCK_T": [1], "BLOCK_V": [1024, 2048, 4096, 8192], "num_warps": [2, 4, 8, 16], "num_stages": [1, 2, 3]}
 
 
-def _outputs(op: str, x: Any, other: Any, tk: Any, **launch: Any) -> list[Any]:
+def _outputs(op: str, x: Any, other: Any, **launch: Any) -> list[Any]:
     """Run the forward kernel of ``op`` once (autotuned when ``launch`` is empty) and return its outputs."""
     import torch
     import triton
 
+    from .kernels import forward_kernel
+
     N, V = x.shape
     f = dict(device=x.device, dtype=torch.float32)
     grid = (lambda meta: (triton.cdiv(N, meta["BLOCK_T"]),)) if not launch else (triton.cdiv(N, launch["BLOCK_T"]),)
+    kernel = forward_kernel(op) if not launch else forward_kernel(op).fn
     if op == "token_stats":
-        kernel = tk._stats_fwd_kernel if not launch else tk._stats_fwd_kernel.fn
         h, lp, lse, t1, t2 = (torch.empty(N, **f) for _ in range(5))
         top1 = torch.empty(N, device=x.device, dtype=torch.int64)
         kernel[grid](x, x.stride(0), other, h, lp, lse, top1, t1, t2, N, V, V, 1.0, -100,
                      HAS_TGT=True, SCALE=False, **launch)
         return [h, lp, lse, top1, t1, t2]
-    kernel = tk._kl_fwd_kernel if not launch else tk._kl_fwd_kernel.fn
     kl, lse_p, lse_q = (torch.empty(N, **f) for _ in range(3))
     kernel[grid](x, x.stride(0), other, other.stride(0), kl, lse_p, lse_q, N, V, V, 1.0, **launch)
     return [kl, lse_p, lse_q]
@@ -50,29 +51,26 @@ def sweep(op: str, tokens: int, vocab: int, grid: dict[str, list[int]], repeat: 
     import torch
     from triton.testing import do_bench
 
-    from asg.kernels import triton_kernels as tk
-
-    from .kernels import PEAK_BW, bytes_read, make_inputs
+    from .kernels import PEAK_BW, bytes_read, forward_kernel, make_inputs
 
     x, other = make_inputs(op, tokens, vocab, 0, torch.bfloat16, "cuda")
     peak = next((bw for k, bw in PEAK_BW.items() if k in torch.cuda.get_device_properties(0).name), None)
     nbytes = bytes_read(op, tokens, vocab, torch.bfloat16)
-    want = _outputs(op, x, other, tk)
-    tuned_ms = do_bench(lambda: _outputs(op, x, other, tk), rep=repeat)
-    kernel = tk._stats_fwd_kernel if op == "token_stats" else tk._kl_fwd_kernel
-    rows = [{"op": op, "config": "autotuned: " + str(kernel.best_config), "ms": tuned_ms}]
+    want = _outputs(op, x, other)
+    tuned_ms = do_bench(lambda: _outputs(op, x, other), rep=repeat)
+    rows = [{"op": op, "config": "autotuned: " + str(forward_kernel(op).best_config), "ms": tuned_ms}]
     for values in itertools.product(*grid.values()):
         launch = dict(zip(grid, values))
         row: dict[str, Any] = {"op": op, "config": ", ".join(f"{k} {v}" for k, v in launch.items())}
         try:
-            got = _outputs(op, x, other, tk, **launch)
+            got = _outputs(op, x, other, **launch)
             torch.cuda.synchronize()
             same = all(torch.allclose(g.double(), w.double(), atol=1e-4, rtol=1e-5, equal_nan=True)
                        for g, w in zip(got, want))
             if not same:
                 row["error"] = "outputs differ from the autotuned configuration's"
             else:
-                row["ms"] = do_bench(lambda launch=launch: _outputs(op, x, other, tk, **launch), rep=repeat)
+                row["ms"] = do_bench(lambda launch=launch: _outputs(op, x, other, **launch), rep=repeat)
         except Exception as exc:  # noqa: BLE001 - e.g. out of registers / shared memory: report and go on
             row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:120]
             torch.cuda.synchronize()

@@ -50,6 +50,9 @@ from benchmarks._runner import device_description, finish_meta, new_meta, packag
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
 OPS = ("token_stats", "token_kl", "linear_token_stats")
+# asg's autotuned forward kernel of each op, by its name in asg.kernels.triton_kernels (also what
+# `python -m benchmarks kernel_configs` sweeps)
+FORWARD_KERNELS = {"token_stats": "_stats_fwd_kernel", "token_kl": "_kl_fwd_kernel", "linear_token_stats": "_linear_fwd_kernel"}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # nominal HBM bandwidth (bytes/s) by device-name fragment, for the bandwidth fraction
 PEAK_BW = {"H200": 4.8e12, "H100 SXM": 3.35e12, "H100 PCIe": 2.0e12, "H100": 3.35e12, "H20": 4.0e12,
@@ -194,15 +197,18 @@ def measure(op: str, impl: str, T: int, V: int, D: int, dtype_name: str, device:
             "tflop_per_s": 2 * T * V * D / (ms / 1e3) / 1e12 if linear else None}
 
 
+def forward_kernel(op: str) -> Any:
+    """asg's autotuned forward kernel of ``op`` (a triton Autotuner; ``.fn`` is the bare kernel)."""
+    from asg.kernels import triton_kernels as tk
+
+    return getattr(tk, FORWARD_KERNELS[op])
+
+
 def _tuned(op: str, impl: str, device: str) -> str | None:
     """The configuration the autotuner chose for asg's forward kernel of ``op`` on its last call (GPU only)."""
     if impl != "asg" or device != "cuda":
         return None
-    from asg.kernels import triton_kernels as tk
-
-    kernel = {"token_stats": tk._stats_fwd_kernel, "token_kl": tk._kl_fwd_kernel,
-              "linear_token_stats": tk._linear_fwd_kernel}[op]
-    return str(getattr(kernel, "best_config", None))
+    return str(getattr(forward_kernel(op), "best_config", None))
 
 
 def measure_in_child(args: dict[str, Any]) -> dict[str, Any]:

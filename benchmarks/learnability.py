@@ -87,20 +87,14 @@ def question_items(split: str, seed: int, qtypes: list[str], per_type: int, scen
 
 def one_phrase(qa: Any) -> Any:
     """``qa`` with a position question rewritten to "to the left of" or "above", the two objects swapped
-    where the relation was "to the right of" or "below" (the answer is the same); any other question
-    unchanged."""
+    where the relation was "to the right of" or "below" (the answer is the same; :func:`asg.shapes.one_phrase`);
+    any other question unchanged."""
     from asg.shapes import QA, question_template
-    from asg.shapes.qa import RELATION_PHRASES
+    from asg.shapes import one_phrase as rewrite
 
-    match = question_template(qa.question) if qa.qtype == "position" else None
-    if match is None:
+    if qa.qtype != "position" or question_template(qa.question) is None:
         return qa
-    g = match[1]
-    _, axis, smaller = next(r for r in RELATION_PHRASES if r[0] == g["rel"])
-    words = next(r[0] for r in RELATION_PHRASES if r[1] == axis and r[2])
-    a, b = f"{g['c1']} {g['s1']}", f"{g['c2']} {g['s2']}"
-    first, second = (a, b) if smaller else (b, a)
-    return QA(f"Is the {first} {words} the {second}?", qa.answer, qa.qtype)
+    return QA(rewrite(qa.question), qa.answer, qa.qtype)
 
 
 def forced_choice(backbone: Any, items: list[tuple[Any, Any]], batch: int = 60) -> list[bool]:

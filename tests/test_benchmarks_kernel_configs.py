@@ -30,3 +30,18 @@ def test_page_ranks_measured_configurations_and_names_failures() -> None:
     assert "| fast | 1.000 | 80 | 0.50 |" in page
     assert "1 configurations failed, e.g. broken: OutOfResources" in page
     assert "## token_kl" not in page
+
+
+def test_every_op_names_an_autotuned_forward_kernel() -> None:
+    """The one op -> kernel table of benchmarks/kernels.py (also used by kernel_configs) names, for every op the
+    kernel suite measures, an autotuned kernel of asg.kernels.triton_kernels whose bare kernel the sweep launches."""
+    pytest.importorskip("triton")
+    from benchmarks.kernels import FORWARD_KERNELS, OPS, forward_kernel
+
+    assert set(FORWARD_KERNELS) == set(OPS)
+    for op in OPS:
+        kernel = forward_kernel(op)
+        assert kernel.configs and "BLOCK_T" in kernel.configs[0].kwargs, op
+        assert kernel.fn is not kernel, op
+    for op in kernel_configs.build_parser(argparse.ArgumentParser()).parse_args([]).ops:
+        assert op in FORWARD_KERNELS

@@ -189,3 +189,25 @@ def test_eval_line_lists_vqa_by_question_type(runs) -> None:
     assert qtypes and all(f"{q} {ev['val_vqa_' + q]:.1f}" in line for q in qtypes)
     hand = {"step": 7, "val_vqa_accuracy": 60.0, "val_geneval_mini": 20.0, "val_vqa_existence": 75.0, "val_vqa_color": 50.0}
     assert _eval_line(hand) == "step 7: val VQA 60.0%  val GenEval-mini 20.0  [VQA by type: color 50.0  existence 75.0]"
+
+
+def test_one_phrase_is_saved_with_the_model_and_kept_when_continued(runs, tmp_path: Path) -> None:
+    """`--one-phrase` writes TinyConfig.one_phrase_position into config.json (so the loaded model keeps reading
+    position questions in one phrase per axis) and into the report; a model continued from it without the
+    flag keeps the setting, and the flag is on the command line."""
+    import argparse
+
+    from asg.backbones.tiny.pretrain_config import add_arguments, config_from_args
+
+    out = tmp_path / "one"
+    report = pretrain(PretrainConfig(init_from=str(runs["a"]), one_phrase=True, lr=1e-12, **SMALL), out)
+    assert json.loads((out / "config.json").read_text())["one_phrase_position"] is True
+    assert report["pretrain_config"]["one_phrase"] is True and report["model_config"]["one_phrase_position"] is True
+    assert TinyBackbone.load(model=out).config.one_phrase_position is True
+    assert TinyBackbone.load(model=runs["a"]).config.one_phrase_position is False
+    pretrain(PretrainConfig(init_from=str(out), lr=1e-12, **SMALL), tmp_path / "kept")
+    assert TinyBackbone.load(model=tmp_path / "kept").config.one_phrase_position is True
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert config_from_args(parser.parse_args(["--one-phrase"])).one_phrase is True
+    assert config_from_args(parser.parse_args([])).one_phrase is False

@@ -256,3 +256,41 @@ def test_answer_words_are_what_right_answers_normalise_to():
     assert all(normalize_answer(f"<answer>{w}</answer>", t) == w for t in ("count", "shape", "color") for w in answer_words(t))
     with pytest.raises(ValueError, match="qtype"):
         answer_words("size")
+
+
+def test_one_phrase_by_hand() -> None:
+    """"to the right of" and "below" become "to the left of" and "above" with the objects swapped; the two
+    canonical phrases, other questions, other text and capitals stay as they are."""
+    from asg.shapes import one_phrase
+
+    assert one_phrase("Is the red circle to the right of the blue square?") == \
+        "Is the blue square to the left of the red circle?"
+    assert one_phrase("is the green triangle below the red circle") == "is the red circle above the green triangle"
+    for same in ("Is the red circle to the left of the blue square?", "Is the red circle above the blue square?",
+                 "Is there a red circle?", "What colour is the square?", "a red circle to the right of a blue square",
+                 "Is the circle to the right of the square?"):  # no colours: not a ShapesWorld position question
+        assert one_phrase(same) == same
+    prompt = ("Look closely. Is the red circle below the blue square? Also: Is the green circle to the right of "
+              "the red circle? Answer.")
+    assert one_phrase(prompt) == ("Look closely. Is the blue square above the red circle? Also: Is the red circle "
+                                  "to the left of the green circle? Answer.")
+    assert one_phrase(one_phrase(prompt)) == one_phrase(prompt)
+
+
+def test_one_phrase_keeps_every_answer_on_generated_scenes() -> None:
+    """Over many scenes, every rewritten position question has the answer of the question as asked, and only
+    the two canonical relations are left."""
+    from asg.shapes import answer_question, one_phrase
+
+    seen = Counter()
+    for i in range(300):
+        scene = scene_for("val", 5, i)
+        for qa in qa_for("val", 5, i):
+            new = one_phrase(qa.question)
+            if qa.qtype != "position":
+                assert new == qa.question
+                continue
+            seen[re.search(r"(to the left of|to the right of|above|below)", qa.question)[1]] += 1
+            assert "right of" not in new and " below " not in new
+            assert answer_question(new, scene).answer == qa.answer
+    assert set(seen) == {"to the left of", "to the right of", "above", "below"}

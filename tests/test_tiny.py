@@ -130,3 +130,52 @@ def test_pretrain_report_ships_with_the_weights() -> None:
     cfg = json.loads((WEIGHTS_DIR / "config.json").read_text())
     assert cfg == report["model_config"]
     assert report["parameters"] == sum(p.numel() for p in TinyBackbone.load(adapters=False).net.parameters())
+
+
+def test_one_phrase_position_rewrites_what_the_model_reads() -> None:
+    """With TinyConfig.one_phrase_position the model reads "Is the A to the right of the B?" as "Is the B to
+    the left of the A?": the same input ids and the same answer scores as the rewritten prompt; without it the
+    two prompts are different inputs. Old config.json files (no key) load with the rewrite off."""
+    import attrs
+
+    from asg.types import Prompt
+    from asg.shapes import render, scene_for
+
+    image = render(scene_for("val", 0, 0), 64)
+    asked = Prompt(T.solver_prompt("Is the red circle to the right of the blue square?"), image=image)
+    canonical = Prompt(T.solver_prompt("Is the blue square to the left of the red circle?"), image=image)
+    plain = TinyBackbone.load(adapters=False)
+    assert plain.config.one_phrase_position is False
+    assert not torch.equal(plain._encode([asked])["input_ids"], plain._encode([canonical])["input_ids"])
+    rewriting = TinyBackbone.load(adapters=False)
+    rewriting.config = attrs.evolve(rewriting.config, one_phrase_position=True)
+    assert torch.equal(rewriting._encode([asked])["input_ids"], plain._encode([canonical])["input_ids"])
+    answers = [T.ANSWER.format(answer=a) for a in ("yes", "no")]
+    got = rewriting.score([asked, asked], answers).logprobs.sum(-1)
+    want = plain.score([canonical, canonical], answers).logprobs.sum(-1)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(plain.score([asked, asked], answers).logprobs.sum(-1), want, atol=1e-5)
+    saved = rewriting.config.to_dict()
+    assert saved["one_phrase_position"] is True and TinyConfig.from_dict(saved).one_phrase_position is True
+    del saved["one_phrase_position"]
+    assert TinyConfig.from_dict(saved).one_phrase_position is False
+    with pytest.raises(TypeError, match="one_phrase_position"):
+        TinyConfig(one_phrase_position="yes")
+
+
+def test_evaluation_says_when_position_questions_are_read_in_one_phrase(tmp_path: Path) -> None:
+    """`asg eval`'s results and report name the rewrite of a model with one_phrase_position; a plain model's
+    report has no such line."""
+    import attrs
+
+    from asg.evaluation import evaluate_vqa, write_report
+
+    empty_gen = {"images_per_prompt": 1, "n_prompts": 0, "overall": 0.0, "per_tag": {}, "samples": []}
+    bb = TinyBackbone.load(adapters=False)
+    for flag, read_as in ((False, "asked"), (True, "one phrase per axis")):
+        bb.config = attrs.evolve(bb.config, one_phrase_position=flag)
+        vqa = evaluate_vqa(bb, split="val", n=6, role=None)
+        assert vqa["position_read_as"] == read_as
+        text = write_report({"vqa": vqa, "geneval_mini": dict(empty_gen)}, tmp_path / read_as, title="t").read_text()
+        assert ("one phrase per axis" in text) is flag
+        assert json.loads((tmp_path / read_as / "results.json").read_text())["vqa"]["position_read_as"] == read_as

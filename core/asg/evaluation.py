@@ -71,8 +71,11 @@ def evaluate_vqa(
             if progress:
                 progress(len(records), n)
     acc = vqa_accuracy(records)
+    # a `tiny` pretrained with --one-phrase reads position questions rewritten (asg.shapes.one_phrase)
+    one_phrase = bool(getattr(getattr(backbone, "config", None), "one_phrase_position", False))
     return {
         "split": split, "seed": seed, "n": n, "accuracy": acc["overall"], "per_qtype": acc["per_qtype"],
+        "position_read_as": "one phrase per axis" if one_phrase else "asked",
         "samples": [{"question": qa.question, "qtype": qa.qtype, "answer": qa.answer, "prediction": p,
                      "correct": answer_correct(p, qa)} for qa, p in records],
     }
@@ -194,6 +197,9 @@ def write_report(results: dict[str, Any], out: Path, *, title: str, vqa_images: 
     vqa = results["vqa"]
     lines = [f"# {title}", "", f"Held-out split `{vqa['split']}`, seed {vqa['seed']}.", "",
              "| metric | value |", "|---|---|", f"| VQA accuracy ({vqa['n']} questions) | {vqa['accuracy']:.1f}% |"]
+    if vqa.get("position_read_as", "asked") != "asked":
+        lines[3:3] = ["The model reads each position question in one phrase per axis (\"to the left of\", \"above\"; "
+                      "`asg.shapes.one_phrase`, same answer); the questions listed are as asked.", ""]
     lines += [f"| VQA {t} | {v:.1f}% |" for t, v in vqa["per_qtype"].items()]
     lines += [f"| GenEval-mini overall ({gen['n_prompts']} prompts x {per} images) | {gen['overall']:.1f} |"]
     lines += [f"| GenEval-mini {t} | {v:.1f} |" for t, v in gen["per_tag"].items()]

@@ -15,7 +15,7 @@ from .folder import write_unlabeled_folder
 from .geneval import geneval_mini, relative_position, scene_detections, score_geneval
 from .oracle import render_prompt, scene_for_prompt
 from .prompts import Clause, GenPrompt, geneval_prompts
-from .qa import QA, answer_question, qa_for, question_template, questions, sample_qa
+from .qa import QA, answer_question, one_phrase, qa_for, question_template, questions, sample_qa
 from .raster import render
 from .sampling import sample_scene, scene_for
 from .scene import Obj, Scene
@@ -36,7 +36,7 @@ __all__ = [
     "SIZE_FRACTION", "SIZES", "SPLITS",
     "Obj", "Scene", "QA", "Clause", "GenPrompt", "Detection",
     "sample_scene", "scene_for", "render", "describe",
-    "questions", "sample_qa", "qa_for", "answer_question", "question_template",
+    "questions", "sample_qa", "qa_for", "answer_question", "question_template", "one_phrase",
     "normalize_answer", "answer_correct", "answer_words", "vqa_accuracy",
     "geneval_prompts", "detect", "score_geneval", "relative_position",
     "scene_detections", "geneval_mini", "render_prompt", "scene_for_prompt",

@@ -180,6 +180,33 @@ def question_template(question: str) -> tuple[str, dict[str, str]] | None:
     return None
 
 
+_POSITION_IN_TEXT = re.compile(
+    rf"\b(?P<is>is) the (?P<c1>{_COLOR_RE}) (?P<s1>{_SHAPE_RE}) (?P<rel>{_REL_RE}) the (?P<c2>{_COLOR_RE}) (?P<s2>{_SHAPE_RE})\b",
+    re.IGNORECASE)
+
+
+def _one_phrase_match(m: re.Match[str]) -> str:
+    _, axis, smaller = next(r for r in RELATION_PHRASES if r[0] == m["rel"].lower())
+    words = next(r[0] for r in RELATION_PHRASES if r[1] == axis and r[2])
+    a, b = f"{m['c1']} {m['s1']}", f"{m['c2']} {m['s2']}"
+    first, second = (a, b) if smaller else (b, a)
+    return f"{m['is']} the {first} {words} the {second}"
+
+
+def one_phrase(text: str) -> str:
+    """``text`` with every ShapesWorld position question in it said in one phrase per axis: "Is the A to
+    the right of the B" becomes "Is the B to the left of the A", "below" becomes "above" with the two
+    objects swapped; "to the left of" and "above" stay. The answer of each question is unchanged. Any
+    other text, and a question in another wording, is left as it is.
+
+    ShapesWorld draws both the order of the two objects and the relation at random, so "yes" is the
+    XOR of "the first object is further left (up)" and "the relation is 'to the left of' ('above')"; a
+    language model can learn the comparison when the relation is fixed (docs/results.md, "Why position
+    is not learned even from correct labels"). `tiny` models with ``TinyConfig.one_phrase_position``
+    read every prompt through this function."""
+    return _POSITION_IN_TEXT.sub(_one_phrase_match, text)
+
+
 def answer_question(question: str, scene: Scene) -> QA | None:
     """Ground truth for a question in one of ShapesWorld's templates (any case, trailing "?" optional).
 

@@ -51,6 +51,12 @@ class TinyConfig:
     guidance: float = attrs.field(default=2.0, validator=number(0.0, 50.0))
     cond_dropout: float = attrs.field(default=0.1, validator=number(0.0, 1.0, hi_open=True))
 
+    # Read every prompt with its ShapesWorld position questions said in one phrase per axis ("to the
+    # left of", "above"; asg.shapes.one_phrase), as the model was pretrained (`asg tiny pretrain
+    # --one-phrase`). A rewrite of the input that keeps every answer, like a chat template; off for the
+    # shipped weights, which read the questions as asked.
+    one_phrase_position: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+
     def __attrs_post_init__(self) -> None:
         if self.image_size % self.patch_size:
             raise ConfigError(f"TinyConfig.image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})")

@@ -27,6 +27,7 @@ from asg.backbones.tiny.modules import FlowHead, build_vae, build_vlm
 from asg.backbones.tiny.tokenizer import EOS, IMAGE, PAD, chat, load_tokenizer
 from asg.errors import CapabilityError, ConfigError, DataError
 from asg.protocol import Preset
+from asg.shapes.qa import one_phrase
 from asg.updates.guards import check_finite
 from asg.types import (
     ROLES,
@@ -195,7 +196,8 @@ class TinyBackbone(AdapterBackbone):
         for i, p in enumerate(prompts):
             if not isinstance(p, Prompt):
                 raise TypeError(f"prompts[{i}] must be an asg.types.Prompt, got {type(p).__name__}")
-        texts = [chat(p.text, image=p.has_image, system=p.system) for p in prompts]
+        read = one_phrase if self.config.one_phrase_position else str
+        texts = [chat(read(p.text), image=p.has_image, system=p.system) for p in prompts]
         images = [p.image.convert("RGB") for p in prompts if p.image is not None]
         if images:
             batch = self._image_processor(text=texts, images=images, return_tensors="pt", padding=True)

@@ -209,6 +209,8 @@ def pretrain(cfg: PretrainConfig, out: Path) -> dict[str, Any]:
         backbone = TinyBackbone(model_cfg, tokenizer, adapters=False, seed=cfg.seed)
         data = LabeledSet(cfg.scenes, cfg.seed, model_cfg.image_size)
         autoencoder = train_autoencoder(backbone, data, cfg)
+    if cfg.one_phrase:
+        backbone.config = attrs.evolve(backbone.config, one_phrase_position=True)
     perception: dict[str, Any] = {}
     heads = pdata = None
     if cfg.perception_steps or cfg.perception_weight:

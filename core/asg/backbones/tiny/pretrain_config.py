@@ -62,6 +62,12 @@ class PretrainConfig:
     text_layers: int = attrs.field(default=0, validator=number(0, None, integer=True))
     text_intermediate: int = attrs.field(default=0, validator=number(0, None, integer=True))
 
+    # Position questions in one phrase per axis: the trained model reads every prompt with "to the right
+    # of" and "below" rewritten to "to the left of" and "above", objects swapped (TinyConfig's
+    # one_phrase_position, saved in config.json, so it reads them so after pretraining too). A model
+    # continued with init_from keeps the setting it has when this is off.
+    one_phrase: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+
     def __attrs_post_init__(self) -> None:
         from asg.errors import ConfigError
 
