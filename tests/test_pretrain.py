@@ -73,6 +73,30 @@ def test_understanding_examples_cover_every_task() -> None:
         assert got == task and prompt.image is not None and marker in target
 
 
+def test_position_share_draws_position_questions_where_a_scene_has_them() -> None:
+    """--position-share 1 makes every VQA example of a scene with a position question a position question;
+    at the default 0 the question types are drawn evenly, so fewer are position questions."""
+    import numpy as np
+
+    data = LabeledSet(30, 0, 64)
+    has_position = {i for i, qas in enumerate(data.qas) if any(q.qtype == "position" for q in qas)}
+    assert 0 < len(has_position) < len(data)
+    phrases = (" to the left of the ", " to the right of the ", " above the ", " below the ")
+    counts = {0.0: 0, 1.0: 0}
+    for share in counts:
+        for seed in range(150):
+            scene = int(np.random.default_rng(seed).integers(len(data)))  # the first draw picks the scene
+            prompt, target, _ = understanding_example(data, np.random.default_rng(seed), "vqa", position_share=share)
+            asks_position = any(p in prompt.text for p in phrases)
+            assert target in ("<answer>yes</answer>", "<answer>no</answer>") or not asks_position
+            if share == 1.0:
+                assert asks_position == (scene in has_position), seed
+            counts[share] += asks_position
+    assert counts[0.0] < counts[1.0] / 2
+    with pytest.raises(ValueError, match="position_share"):
+        PretrainConfig(position_share=1.5)
+
+
 def test_task_mix_by_hand() -> None:
     """The VQA share takes its part; the rest keeps the 15:15:10 ratio of caption, proposer, spec."""
     from asg.backbones.tiny.pretrain_data import task_mix

@@ -241,7 +241,7 @@ def pretrain(cfg: PretrainConfig, out: Path) -> dict[str, Any]:
             lr = _cosine(step, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio)
             for group in opt.param_groups:
                 group["lr"] = lr
-            ex = [understanding_example(data, rng, vqa_share=cfg.vqa_share) for _ in range(cfg.batch_text)]
+            ex = [understanding_example(data, rng, vqa_share=cfg.vqa_share, position_share=cfg.position_share) for _ in range(cfg.batch_text)]
             ce = _cross_entropy(backbone, ex)
             gen = [generation_example(data, rng) for _ in range(cfg.batch_image)]
             flow = backbone.generator_loss([g[0] for g in gen], [g[1] for g in gen], seed=cfg.seed * 1_000_003 + step).loss

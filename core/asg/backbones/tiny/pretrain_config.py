@@ -67,6 +67,9 @@ class PretrainConfig:
     # one_phrase_position, saved in config.json, so it reads them so after pretraining too). A model
     # continued with init_from keeps the setting it has when this is off.
     one_phrase: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    # Share of VQA answers drawn from the scene's position questions, where it has any (0 = the question
+    # types drawn evenly, as in the shipped weights): to teach position to a model that reads the rest.
+    position_share: float = attrs.field(default=0.0, validator=number(0.0, 1.0))
 
     def __attrs_post_init__(self) -> None:
         from asg.errors import ConfigError

@@ -130,13 +130,19 @@ def task_mix(vqa_share: float = 0.6) -> list[float]:
 
 
 def understanding_example(data: LabeledSet, rng: np.random.Generator, task: str | None = None,
-                          vqa_share: float = 0.6) -> tuple[Prompt, str, str]:
-    """(prompt with image, target completion, task) for one random scene."""
+                          vqa_share: float = 0.6, position_share: float = 0.0) -> tuple[Prompt, str, str]:
+    """(prompt with image, target completion, task) for one random scene. With ``position_share`` > 0, a
+    VQA example is a position question with that probability where the scene has one (the rest as
+    without it); at 0 the draws are exactly those of the shipped weights."""
     i = int(rng.integers(len(data)))
     scene, image, qas = data.scenes[i], data.images[i], data.qas[i]
     task = task or TASKS[int(rng.choice(len(TASKS), p=task_mix(vqa_share)))]
     if task == "vqa":
-        qa = _balanced_question(qas, rng)
+        position = [q for q in qas if q.qtype == "position"] if position_share else []
+        if position and rng.random() < position_share:
+            qa = position[int(rng.integers(len(position)))]
+        else:
+            qa = _balanced_question(qas, rng)
         framing = 0 if rng.random() < 0.5 else int(rng.integers(1, len(T.SOLVER_FRAMINGS)))
         hint = None if rng.random() < 0.3 else int(rng.integers(len(T.FOCUS_HINTS)))
         return Prompt(T.solver_prompt(qa.question, framing, hint), image=image), T.ANSWER.format(answer=qa.answer), task
