@@ -89,12 +89,11 @@ def one_phrase(qa: Any) -> Any:
     """``qa`` with a position question rewritten to "to the left of" or "above", the two objects swapped
     where the relation was "to the right of" or "below" (the answer is the same; :func:`asg.shapes.one_phrase`);
     any other question unchanged."""
-    from asg.shapes import QA, question_template
+    from asg.shapes import QA
     from asg.shapes import one_phrase as rewrite
 
-    if qa.qtype != "position" or question_template(qa.question) is None:
-        return qa
-    return QA(rewrite(qa.question), qa.answer, qa.qtype)
+    question = rewrite(qa.question) if qa.qtype == "position" else qa.question
+    return qa if question == qa.question else QA(question, qa.answer, qa.qtype)
 
 
 def forced_choice(backbone: Any, items: list[tuple[Any, Any]], batch: int = 60) -> list[bool]:

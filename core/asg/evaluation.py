@@ -195,11 +195,11 @@ def write_report(results: dict[str, Any], out: Path, *, title: str, vqa_images: 
         grid(tiles, 6).save(out / "vqa_samples.png")
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     vqa = results["vqa"]
-    lines = [f"# {title}", "", f"Held-out split `{vqa['split']}`, seed {vqa['seed']}.", "",
+    rewrite = [] if vqa.get("position_read_as", "asked") == "asked" else [
+        "", "The model reads each position question in one phrase per axis (\"to the left of\", \"above\"; "
+            "`asg.shapes.one_phrase`, same answer); the questions listed are as asked."]
+    lines = [f"# {title}", "", f"Held-out split `{vqa['split']}`, seed {vqa['seed']}.", *rewrite, "",
              "| metric | value |", "|---|---|", f"| VQA accuracy ({vqa['n']} questions) | {vqa['accuracy']:.1f}% |"]
-    if vqa.get("position_read_as", "asked") != "asked":
-        lines[3:3] = ["The model reads each position question in one phrase per axis (\"to the left of\", \"above\"; "
-                      "`asg.shapes.one_phrase`, same answer); the questions listed are as asked.", ""]
     lines += [f"| VQA {t} | {v:.1f}% |" for t, v in vqa["per_qtype"].items()]
     lines += [f"| GenEval-mini overall ({gen['n_prompts']} prompts x {per} images) | {gen['overall']:.1f} |"]
     lines += [f"| GenEval-mini {t} | {v:.1f} |" for t, v in gen["per_tag"].items()]
